@@ -1,0 +1,3 @@
+from viommu.cli import run
+
+run()

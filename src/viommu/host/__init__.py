@@ -1,0 +1,1 @@
+"""Host IOMMU discovery: HostIOMMUDevice and its sysfs, VFIO, iommufd and snapshot backends."""

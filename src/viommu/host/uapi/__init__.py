@@ -1,0 +1,1 @@
+"""ctypes mirrors of linux/vfio.h and linux/iommufd.h; the only code that calls ioctl."""
