@@ -1,0 +1,151 @@
+"""What every vIOMMU model offers the machine.
+
+A model is built from a QEMU ``-device`` property set and a QEMU version
+profile. Its guest-visible state is a pure function of those properties
+(QEMU upstream, the ``check`` policy), except where QEMU itself lets
+cold-plugged devices narrow it (virtio-iommu's page-size mask, SMMUv3
+``auto`` properties). ``set_iommu_device`` runs QEMU's checks in QEMU's order
+and raises :class:`~viommu.errors.Refusal` with a stable code and QEMU's
+text (without the ``vfio <name>: Failed to set vIOMMU: `` prefix, which the
+machine adds per version).
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import total_ordering
+from typing import Any
+
+from viommu.errors import InputError
+from viommu.host.device import HostIOMMUDevice
+
+
+@total_ordering
+@dataclass(frozen=True)
+class QemuVersion:
+    """A QEMU release as ``major.minor[.micro]``; profiles exist for 9.1, 9.2, 10.0, 10.2, 11.0."""
+
+    major: int
+    minor: int
+    micro: int = 0
+
+    @classmethod
+    def parse(cls, text: str, *, where: str | None = "--qemu-version") -> QemuVersion:
+        m = re.fullmatch(r"(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
+        if m is None:
+            raise InputError(f"{text!r} is not a QEMU version like 10.0", where=where)
+        return cls(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, QemuVersion):
+            return NotImplemented
+        return (self.major, self.minor, self.micro) < (other.major, other.minor, other.micro)
+
+    def at_least(self, major: int, minor: int, micro: int = 0) -> bool:
+        return (self.major, self.minor, self.micro) >= (major, minor, micro)
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}" + (f".{self.micro}" if self.micro else "")
+
+
+DEFAULT_QEMU_VERSION = QemuVersion(10, 0)
+
+
+@dataclass(frozen=True, order=True)
+class PciAddr:
+    """A guest PCI address: bus number and devfn (slot << 3 | function)."""
+
+    bus: int
+    devfn: int
+
+    @property
+    def slot(self) -> int:
+        return self.devfn >> 3
+
+    @property
+    def function(self) -> int:
+        return self.devfn & 7
+
+    def __str__(self) -> str:
+        return f"{self.bus:02x}:{self.slot:02x}.{self.function}"
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A parsed ``-device DRIVER,key=value,...`` string."""
+
+    driver: str
+    props: Mapping[str, str]
+
+    @classmethod
+    def parse(cls, text: str, *, where: str | None = None) -> DeviceSpec:
+        """Split a QEMU option string; ``,,`` escapes a comma as in QEMU's option parser."""
+        parts: list[str] = []
+        current: list[str] = []
+        i = 0
+        while i < len(text):
+            ch = text[i]
+            if ch == "," and text[i + 1 : i + 2] == ",":
+                current.append(",")
+                i += 2
+                continue
+            if ch == ",":
+                parts.append("".join(current))
+                current = []
+            else:
+                current.append(ch)
+            i += 1
+        parts.append("".join(current))
+        driver = parts[0].strip()
+        if driver.startswith("driver="):
+            driver = driver[len("driver=") :]
+        if not driver:
+            raise InputError(f"{text!r} names no device driver", where=where)
+        props: dict[str, str] = {}
+        for part in parts[1:]:
+            if not part:
+                continue
+            key, sep, value = part.partition("=")
+            if not sep:
+                # QEMU reads a bare "flag" as flag=on.
+                value = "on"
+            props[key] = value
+        return cls(driver, props)
+
+    def __str__(self) -> str:
+        rest = "".join(f",{k}={v.replace(',', ',,')}" for k, v in self.props.items())
+        return f"{self.driver}{rest}"
+
+
+class VIOMMU(abc.ABC):
+    """One vIOMMU instance in a machine."""
+
+    #: The QEMU device name, e.g. ``intel-iommu``.
+    model: str
+
+    def __init__(self, spec: DeviceSpec, version: QemuVersion) -> None:
+        self.spec = spec
+        self.version = version
+
+    @abc.abstractmethod
+    def set_iommu_device(self, addr: PciAddr, hiod: HostIOMMUDevice, *, hotplug: bool) -> None:
+        """Accept the host IOMMU device of a VFIO device at ``addr`` or raise Refusal."""
+
+    @abc.abstractmethod
+    def unset_iommu_device(self, addr: PciAddr) -> None:
+        """Forget the device at ``addr`` (unplug or failed realize)."""
+
+    @abc.abstractmethod
+    def machine_done(self) -> None:
+        """The machine-init-done notifier: freeze what QEMU freezes; may raise Refusal."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """System reset: recompute what QEMU recomputes."""
+
+    @abc.abstractmethod
+    def guest_state(self) -> dict[str, Any]:
+        """The guest-visible state (registers or config space), JSON-ready and deterministic."""
