@@ -1,0 +1,160 @@
+"""Ask the real QEMU binary: the oracle for registers and refusals.
+
+Each question starts ``qemu-system-x86_64 -M <machine> -accel tcg -S`` with
+the HMP monitor on stdio, so devices are realized but no vCPU runs, reads
+guest-physical memory with ``xp`` and quits (about 0.1 s a run). A device
+QEMU refuses makes it exit non-zero before the monitor starts; the refusal
+is its last ``qemu-system-x86_64: ...`` line on stderr.
+
+Expected values in the differential tests come from here, never from the
+code under test.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+BINARY = "qemu-system-x86_64"
+#: The release the differential tests are written against (Debian bookworm-backports).
+WANTED_VERSION = (10, 0)
+
+#: intel-iommu's register file sits at 0xfed90000 on q35; CAP at +0x08, ECAP at +0x10.
+VTD_BASE = 0xFED90000
+VTD_CAP = VTD_BASE + 0x08
+VTD_ECAP = VTD_BASE + 0x10
+
+#: The monitor redraws its line editor with ANSI sequences while echoing input.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+#: ``00000000fed90008: 0x00d2008c222f0606`` as printed by ``xp /1gx``.
+_XP_LINE = re.compile(r"^([0-9a-f]{16}): 0x([0-9a-f]{16})\s*$", re.MULTILINE)
+_VERSION = re.compile(r"QEMU emulator version (\d+)\.(\d+)\.(\d+)")
+_PREFIX = f"{BINARY}: "
+_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class QemuBinary:
+    path: str
+    version: tuple[int, int, int]
+    banner: str
+
+
+@functools.cache
+def find_qemu() -> QemuBinary | str:
+    """The usable binary, or a sentence saying why there is none."""
+    path = shutil.which(BINARY)
+    if path is None:
+        return f"{BINARY} not found on PATH"
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=_TIMEOUT_S, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{path} --version failed: {exc}"
+    m = _VERSION.search(out)
+    if m is None:
+        return f"{path} --version printed no version: {out.strip()[:80]!r}"
+    version = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    if version[:2] != WANTED_VERSION:
+        wanted = ".".join(map(str, WANTED_VERSION))
+        return f"{path} is QEMU {'.'.join(map(str, version))}, the oracle needs {wanted}.x"
+    return QemuBinary(path, version, out.splitlines()[0])
+
+
+def _binary() -> str:
+    found = find_qemu()
+    if isinstance(found, str):
+        raise RuntimeError(found)
+    return found.path
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one QEMU run said."""
+
+    devices: tuple[str, ...]
+    machine: str
+    #: Address -> 64-bit value for every ``xp`` read that printed a value.
+    reads: dict[int, int]
+    #: QEMU's refusal with the ``qemu-system-x86_64: `` and ``-device STRING: `` prefixes
+    #: removed; None when the machine started.
+    error: str | None
+    #: The option QEMU blamed (``-device intel-iommu,x-flts=on``), if any.
+    location: str | None
+    returncode: int
+    stderr: str
+
+    @property
+    def refused(self) -> bool:
+        return self.error is not None
+
+    @property
+    def cap(self) -> int:
+        return self.reads[VTD_CAP]
+
+    @property
+    def ecap(self) -> int:
+        return self.reads[VTD_ECAP]
+
+
+def _split_error(stderr: str, options: Sequence[str]) -> tuple[str | None, str | None]:
+    """The last non-warning error line, split into (location, message)."""
+    lines = [ln[len(_PREFIX) :] for ln in stderr.splitlines() if ln.startswith(_PREFIX)]
+    errors = [ln for ln in lines if not ln.startswith("warning: ") and ": warning: " not in ln]
+    if not errors:
+        return None, stderr.strip() or "QEMU exited without an error message"
+    text = errors[-1]
+    for opt in options:
+        head = f"{opt}: "
+        if text.startswith(head):
+            return opt, text[len(head) :]
+    return None, text
+
+
+def run_machine(
+    devices: Iterable[str],
+    *,
+    machine: str = "q35",
+    reads: Iterable[int] = (VTD_CAP, VTD_ECAP),
+) -> Outcome:
+    """Start a paused TCG machine with ``-device`` for each of ``devices`` and read ``reads``."""
+    devs = tuple(devices)
+    addrs = tuple(reads)
+    argv = [_binary(), "-M", machine, "-accel", "tcg", "-S", "-display", "none", "-nodefaults"]
+    argv += ["-monitor", "stdio"]
+    options = [f"-M {machine}"]
+    for dev in devs:
+        argv += ["-device", dev]
+        options.append(f"-device {dev}")
+    script = "".join(f"xp /1gx 0x{a:x}\n" for a in addrs) + "quit\n"
+    proc = subprocess.run(
+        argv, input=script, capture_output=True, text=True, timeout=_TIMEOUT_S, check=False
+    )
+    text = _ANSI.sub("", proc.stdout).replace("\r", "")
+    values = {int(a, 16): int(v, 16) for a, v in _XP_LINE.findall(text)}
+    if proc.returncode == 0 and all(a in values for a in addrs):
+        return Outcome(devs, machine, values, None, None, 0, proc.stderr)
+    location, error = _split_error(proc.stderr, options)
+    return Outcome(devs, machine, values, error, location, proc.returncode, proc.stderr)
+
+
+def read_vtd_regs(device: str, *, machine: str = "q35") -> tuple[int, int] | str:
+    """(CAP, ECAP) of an intel-iommu ``-device`` string, or QEMU's refusal text."""
+    out = run_machine([device], machine=machine)
+    if out.error is not None:
+        return out.error
+    return out.cap, out.ecap
+
+
+def run_many(
+    machines: Iterable[Sequence[str]], *, machine: str = "q35", workers: int = 2
+) -> list[Outcome]:
+    """:func:`run_machine` for each device list, ``workers`` QEMU processes at a time, in order."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda devs: run_machine(devs, machine=machine), machines))
