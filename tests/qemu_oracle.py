@@ -152,9 +152,10 @@ def read_vtd_regs(device: str, *, machine: str = "q35") -> tuple[int, int] | str
     return out.cap, out.ecap
 
 
-def run_many(
-    machines: Iterable[Sequence[str]], *, machine: str = "q35", workers: int = 2
-) -> list[Outcome]:
-    """:func:`run_machine` for each device list, ``workers`` QEMU processes at a time, in order."""
+def run_many(cases: Iterable[tuple[str, Sequence[str]]], *, workers: int = 2) -> list[Outcome]:
+    """:func:`run_machine` for each ``(machine, devices)``, ``workers`` QEMU processes at a time.
+
+    Results come back in the order of ``cases``.
+    """
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda devs: run_machine(devs, machine=machine), machines))
+        return list(pool.map(lambda case: run_machine(case[1], machine=case[0]), cases))

@@ -1,0 +1,328 @@
+"""How QEMU turns ``-M TYPE -device DRIVER,k=v,...`` into device property values.
+
+The path (QEMU 10.0; each step checked against the binary by
+``tests/test_intel_differential.py``):
+
+1. QemuOpts parses the option string and rejects a malformed ``id``;
+2. the machine type is resolved (``unsupported machine type``);
+3. ``qdev_device_add`` checks that the machine takes the device (q35 takes
+   dynamic sysbus devices, i440fx and microvm do not) and resolves ``bus=``;
+4. every other key is set through a keyval QObject input visitor. The keys
+   come out of a QDict, i.e. in hash-bucket order rather than command-line
+   order, and the first error stops the device: with two bad values QEMU
+   names the one whose key hashes first (:func:`qdict_order`).
+
+Values parse as QEMU parses them: booleans accept on/yes/true/y and
+off/no/false/n (case-sensitive); OnOffAuto exactly on/off/auto; unsigned
+integers go through ``qemu_strtou64`` with base 0 (``0x30`` and ``060`` are 48,
+leading white space and a sign are allowed, a negative value wraps) and are
+then range-checked against the property's width.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from viommu.errors import InputError
+from viommu.models.base import QemuVersion
+from viommu.reasons import register
+
+UNKNOWN_PROPERTY = register(
+    "unknown-property",
+    "The -device string names a property the device does not have in this QEMU version "
+    "(QEMU: \"Property 'DRIVER.NAME' not found\"). Property names are exact and some were renamed "
+    "across releases (x-scalable-mode became scalable-mode, x-flts became flts).",
+)
+READ_ONLY_PROPERTY = register(
+    "read-only-property",
+    "The property exists on every QEMU device (type, parent_bus, hotplugged, hotpluggable) but "
+    "cannot be set from the command line (QEMU: \"Property 'DRIVER.NAME' is not writable\").",
+)
+INVALID_PROPERTY = register(
+    "invalid-property",
+    "A property value does not parse as its type: booleans take on/off (also yes/no, true/false, "
+    "y/n), OnOffAuto takes on/off/auto, integers must be whole numbers within the property's width "
+    "(QEMU: \"Parameter 'NAME' expects ...\").",
+)
+INVALID_ID = register(
+    "invalid-id",
+    "The device id= must start with a letter and contain only letters, digits, '-', '.' and '_' "
+    "(QEMU: \"Parameter 'id' expects an identifier\").",
+)
+UNSUPPORTED_MACHINE = register(
+    "unsupported-machine",
+    "The machine type does not exist in this QEMU version (for instance a pc-q35 version newer "
+    "than the QEMU release).",
+)
+MACHINE_REJECTS_DEVICE = register(
+    "machine-rejects-device",
+    "The machine type does not take this device: intel-iommu is a dynamic sysbus device that only "
+    "q35 machines accept (QEMU: \"Parameter 'driver' expects a dynamic sysbus device type for the "
+    "machine\").",
+)
+BAD_BUS = register(
+    "bad-bus",
+    "bus= names a bus that does not exist or whose type the device cannot sit on; a sysbus "
+    "device such as intel-iommu can only go on main-system-bus.",
+)
+QEMU_ASSERTION = register(
+    "qemu-assertion",
+    "The option makes QEMU abort on an internal assertion instead of reporting an error "
+    "(realized=on on the command line realizes the device before it is plugged).",
+)
+
+
+class DeviceConfigError(InputError):
+    """QEMU refuses the device configuration: bad input (exit 2) with a reason code.
+
+    ``message`` is QEMU's text; ``where`` is the option QEMU blames
+    (``-device intel-iommu,x-flts=on``), or None for machine-level errors.
+    """
+
+    def __init__(self, code: str, message: str, *, where: str | None = None) -> None:
+        super().__init__(message, where=where)
+        self.code = code
+
+
+class OnOffAuto(enum.Enum):
+    ON = "on"
+    OFF = "off"
+    AUTO = "auto"
+
+
+class PropKind(enum.Enum):
+    BOOL = "bool"
+    ON_OFF_AUTO = "OnOffAuto"
+    UINT8 = "uint8"
+    UINT32 = "uint32"
+
+
+PropValue = bool | int | OnOffAuto
+
+
+@dataclass(frozen=True)
+class PropSpec:
+    """One qdev property: its name, type and default (before machine compat)."""
+
+    name: str
+    kind: PropKind
+    default: PropValue
+
+
+_TRUE = ("on", "yes", "true", "y")
+_FALSE = ("off", "no", "false", "n")
+_UINT_BITS = {PropKind.UINT8: 8, PropKind.UINT32: 32}
+_U64_MAX = (1 << 64) - 1
+#: strtoull with base 0: C-locale white space, a sign, then hex (0x), octal (0) or decimal.
+_STRTOU64 = re.compile(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
+
+#: Properties every device inherits from TYPE_DEVICE that have no setter.
+READ_ONLY = frozenset({"type", "parent_bus", "hotplugged", "hotpluggable"})
+#: Keys qdev_device_add consumes itself; they never reach the property setters.
+CONSUMED = frozenset({"driver", "bus", "id"})
+
+
+def parse_bool(name: str, text: str) -> bool:
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise DeviceConfigError(INVALID_PROPERTY, f"Parameter '{name}' expects 'on' or 'off'")
+
+
+def parse_on_off_auto(name: str, text: str) -> OnOffAuto:
+    for member in OnOffAuto:
+        if text == member.value:
+            return member
+    raise DeviceConfigError(INVALID_PROPERTY, f"Parameter '{name}' does not accept value '{text}'")
+
+
+def strtou64(text: str) -> int | None:
+    """``qemu_strtou64(text, NULL, 0, ...)``: the value, or None where QEMU reports an error."""
+    m = _STRTOU64.fullmatch(text)
+    if m is None:
+        # Nothing parsed, or characters left over.
+        return None
+    sign, digits = m.groups()
+    if digits[:2] in ("0x", "0X"):
+        value = int(digits[2:], 16)
+    elif digits[:1] == "0":
+        value = int(digits, 8)
+    else:
+        value = int(digits, 10)
+    if value > _U64_MAX:
+        return None  # ERANGE
+    # Like strtoull, a negative number wraps around.
+    return (-value) & _U64_MAX if sign == "-" else value
+
+
+def parse_uint(name: str, text: str, bits: int) -> int:
+    value = strtou64(text)
+    if value is None:
+        raise DeviceConfigError(INVALID_PROPERTY, f"Parameter '{name}' expects integer")
+    if value >> bits:
+        raise DeviceConfigError(INVALID_PROPERTY, f"Parameter '{name}' expects uint{bits}_t")
+    return value
+
+
+def parse_value(spec: PropSpec, text: str) -> PropValue:
+    if spec.kind is PropKind.BOOL:
+        return parse_bool(spec.name, text)
+    if spec.kind is PropKind.ON_OFF_AUTO:
+        return parse_on_off_auto(spec.name, text)
+    return parse_uint(spec.name, text, _UINT_BITS[spec.kind])
+
+
+def _tdb_hash(key: str) -> int:
+    """QDict's bucket hash (tdb_hash from gdbm), on 32-bit unsigned arithmetic."""
+    data = key.encode()
+    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
+    for i, byte in enumerate(data):
+        value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
+    return (1103515243 * value + 12345) & 0xFFFFFFFF
+
+
+_QDICT_BUCKETS = 512
+
+
+def qdict_order(keys: Iterable[str]) -> list[str]:
+    """The order ``qdict_first``/``qdict_next`` visit ``keys`` (given in command-line order).
+
+    Buckets are walked in index order. qdev clones the option QDict before
+    setting properties, which turns each bucket's head-inserted list back
+    into insertion order; ``sorted`` is stable, so ties keep ``keys``' order.
+    """
+    return sorted(keys, key=lambda k: _tdb_hash(k) % _QDICT_BUCKETS)
+
+
+def check_id(props: Mapping[str, str], *, where: str | None) -> None:
+    ident = props.get("id")
+    if ident is not None and not _IDENT.fullmatch(ident):
+        raise DeviceConfigError(INVALID_ID, "Parameter 'id' expects an identifier", where=where)
+
+
+def set_properties(
+    driver: str,
+    schema: Mapping[str, PropSpec],
+    defaults: Mapping[str, PropValue],
+    props: Mapping[str, str],
+    *,
+    where: str | None,
+) -> dict[str, PropValue]:
+    """Apply ``props`` over ``defaults`` the way qdev does; the first error raises."""
+    values = dict(defaults)
+    for key in qdict_order(k for k in props if k not in CONSUMED):
+        text = props[key]
+        if key in READ_ONLY:
+            raise DeviceConfigError(
+                READ_ONLY_PROPERTY, f"Property '{driver}.{key}' is not writable", where=where
+            )
+        if key == "realized":
+            if parse_bool_at(key, text, where=where):
+                raise DeviceConfigError(
+                    QEMU_ASSERTION,
+                    "hw/core/qdev.c:266: qdev_realize: "
+                    "Assertion `!dev->realized && !dev->parent_bus' failed.",
+                    where=None,
+                )
+            continue
+        spec = schema.get(key)
+        if spec is None:
+            raise DeviceConfigError(UNKNOWN_PROPERTY, f"Property '{driver}.{key}' not found", where=where)
+        try:
+            values[key] = parse_value(spec, text)
+        except DeviceConfigError as exc:
+            raise DeviceConfigError(exc.code, exc.message, where=where) from None
+    return values
+
+
+def parse_bool_at(name: str, text: str, *, where: str | None) -> bool:
+    try:
+        return parse_bool(name, text)
+    except DeviceConfigError as exc:
+        raise DeviceConfigError(exc.code, exc.message, where=where) from None
+
+
+# --- machine types ---------------------------------------------------------------------------
+
+#: The minor releases of each QEMU major that produced machine types (x86: from 2.4 on).
+_MINORS = {2: range(4, 13), 3: range(2), 4: range(3), 5: range(3), 6: range(3), 7: range(3),
+           8: range(3), 9: range(3), 10: range(3), 11: range(1)}
+#: pc-q35-4.0.1 is the one machine type with a micro version.
+_EXTRA = ((4, 0, 1),)
+
+#: Buses of a ``-nodefaults`` q35 machine and the type name QEMU prints for them;
+#: None marks the one a sysbus device may use.
+Q35_BUSES: Mapping[str, str | None] = {
+    "main-system-bus": None,
+    "pcie.0": "PCIE",
+    "isa.0": "ISA",
+    **{f"ide.{i}": "IDE" for i in range(6)},
+    "i2c": "i2c-bus",
+}
+
+
+@dataclass(frozen=True)
+class MachineType:
+    """A resolved ``-M`` value: ``family`` is q35, i440fx or microvm; ``version`` its compat level."""
+
+    name: str
+    family: str
+    version: tuple[int, int, int] | None
+
+    def older_or_equal(self, major: int, minor: int) -> bool:
+        """Whether the ``pc_compat_MAJOR_MINOR`` properties apply (True for the oldest types)."""
+        return self.version is not None and self.version[:2] <= (major, minor)
+
+
+def machine_versions(qemu: QemuVersion) -> list[tuple[int, int, int]]:
+    """Machine-type versions a QEMU release knows, oldest first, up to its own major.minor."""
+    out = [(major, minor, 0) for major, minors in _MINORS.items() for minor in minors]
+    out += list(_EXTRA)
+    return sorted(v for v in out if v[:2] <= (qemu.major, qemu.minor))
+
+
+def resolve_machine(text: str | None, qemu: QemuVersion) -> MachineType:
+    """``-M TEXT`` for ``qemu`` (default q35); unknown types raise QEMU's error."""
+    name = (text or "q35").split(",", 1)[0]
+    latest = machine_versions(qemu)[-1]
+    if name in ("q35", "pc"):
+        family = "q35" if name == "q35" else "i440fx"
+        prefix = "pc-q35" if name == "q35" else "pc-i440fx"
+        return MachineType(f"{prefix}-{_fmt(latest)}", family, latest)
+    if name == "microvm":
+        return MachineType(name, "microvm", None)
+    m = re.fullmatch(r"pc-(q35|i440fx)-(\d+)\.(\d+)(?:\.(\d+))?", name)
+    if m is not None:
+        version = (int(m.group(2)), int(m.group(3)), int(m.group(4) or 0))
+        if version in machine_versions(qemu):
+            return MachineType(name, m.group(1), version)
+    raise DeviceConfigError(UNSUPPORTED_MACHINE, f'unsupported machine type: "{name}"')
+
+
+def _fmt(version: tuple[int, int, int]) -> str:
+    return ".".join(str(p) for p in (version if version[2] else version[:2]))
+
+
+def check_sysbus_placement(
+    driver: str, machine: MachineType, props: Mapping[str, str], *, where: str | None
+) -> None:
+    """``qdev_device_add``'s checks for a dynamic sysbus device: machine, then ``bus=``."""
+    if machine.family != "q35":
+        raise DeviceConfigError(
+            MACHINE_REJECTS_DEVICE,
+            "Parameter 'driver' expects a dynamic sysbus device type for the machine",
+            where=where,
+        )
+    bus = props.get("bus")
+    if bus is None:
+        return
+    if bus not in Q35_BUSES:
+        raise DeviceConfigError(BAD_BUS, f"Bus '{bus}' not found", where=where)
+    kind = Q35_BUSES[bus]
+    if kind is not None:
+        raise DeviceConfigError(BAD_BUS, f"Device '{driver}' can't go on {kind} bus", where=where)
