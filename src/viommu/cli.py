@@ -20,6 +20,7 @@ from viommu.errors import EXIT_INPUT, ViommuError
 #: Subcommand modules, in the order ``viommu --help`` lists them.
 COMMANDS: tuple[str, ...] = (
     "decode",
+    "regs",
 )
 
 
