@@ -40,10 +40,10 @@ def table(
     cells = [list(headers)] + [list(r) for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     out = []
-    head = "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()
+    head = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)).rstrip()
     out.append(paint(head, "bold", colour))
     for index, row in enumerate(rows):
-        line = "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+        line = "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip()
         style = styles[index] if styles else None
         out.append(paint(line, style, colour) if style else line)
     return "\n".join(out)
