@@ -76,6 +76,10 @@ HANDPICKED: tuple[tuple[str, str], ...] = (
     ("q35", "intel-iommu,x-flts=maybe,pt=maybe"),
     ("q35", "intel-iommu,foo=1,eim=bad"),
     ("q35", "intel-iommu,caching-mode=on,caching-mode=off"),
+    ("q35", "intel-iommu,caching-mode=maybe,aw-bits=abc,caching-mode=on"),
+    # zz0 and zz1 share a QDict hash bucket: QEMU reports the one given first.
+    ("q35", "intel-iommu,zz0=1,zz1=1"),
+    ("q35", "intel-iommu,zz1=1,zz0=1"),
     ("q35", "intel-iommu,id=1a,bus=nope"),
     ("q35", "intel-iommu,bus=pcie.0,foo=1"),
     ("q35", "intel-iommu,realized=on"),
