@@ -110,8 +110,12 @@ class DeviceSpec:
                 continue
             key, sep, value = part.partition("=")
             if not sep:
-                # QEMU reads a bare "flag" as flag=on.
-                value = "on"
+                # QEMU's short-form booleans (deprecated, still accepted in 10.0):
+                # a bare "flag" is flag=on and "noflag" is flag=off.
+                if key.startswith("no"):
+                    key, value = key[2:], "off"
+                else:
+                    value = "on"
             props[key] = value
         return cls(driver, props)
 
