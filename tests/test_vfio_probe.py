@@ -109,7 +109,11 @@ def test_caps_that_grow_between_calls_are_fetched_again() -> None:
 
     k.before["VFIO_IOMMU_GET_INFO"] = grow
     probe = probe_legacy(BDF, GROUP, ops=k)
-    assert probe.iova_ranges == (IovaRange(0, 0xFFFF), IovaRange(0x20000, 0x2FFFF), IovaRange(0x40000, 0xFFFFF))
+    assert probe.iova_ranges == (
+        IovaRange(0, 0xFFFF),
+        IovaRange(0x20000, 0x2FFFF),
+        IovaRange(0x40000, 0xFFFFF),
+    )
     assert k.calls.count("VFIO_IOMMU_GET_INFO") == 3
     k.assert_clean()
 
@@ -203,7 +207,9 @@ def test_group_open_in_another_process() -> None:
 
 
 def test_group_already_in_a_container_is_not_touched() -> None:
-    k = FakeKernel(devices=[FakeDevice(BDF, group=GROUP)], groups=[FakeGroup(GROUP, container_set_elsewhere=True)])
+    k = FakeKernel(
+        devices=[FakeDevice(BDF, group=GROUP)], groups=[FakeGroup(GROUP, container_set_elsewhere=True)]
+    )
     assert "already belongs to a container" in failure(k)
     assert "VFIO_GROUP_SET_CONTAINER" not in k.calls
     k.assert_clean()
