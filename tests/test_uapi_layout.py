@@ -8,10 +8,14 @@ computed from the mirrors.
 from __future__ import annotations
 
 import ctypes
+import os
+import termios
 
 import pytest
 
+from viommu.errors import HostAccessError
 from viommu.host.uapi import IO, iommufd, vfio
+from viommu.host.uapi.syscalls import IoctlFailed, SysOps, open_node
 
 # linux-uapi.md §3.2: request = 0x3b64 + N (the hex column).
 VFIO_REQUESTS = {
@@ -197,3 +201,42 @@ def test_constants() -> None:
     assert iommufd.IOMMU_HWPT_ALLOC_DIRTY_TRACKING == 2
     assert iommufd.IOMMU_HW_CAP_PCI_PASID_PRIV == 4
     assert iommufd.IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17 == 1
+
+
+# The real SysOps against this machine's kernel (no VFIO needed).
+
+
+def test_real_ioctl_writes_ctypes_buffers_in_place() -> None:
+    class OneInt(ctypes.Structure):
+        _fields_ = (("value", ctypes.c_int32),)
+
+    r, w = os.pipe()
+    try:
+        os.write(w, b"abcde")
+        as_int, as_struct, as_bytes = ctypes.c_int32(-1), OneInt(-1), bytearray(4)
+        ops = SysOps()
+        ops.ioctl(r, termios.FIONREAD, as_int)
+        ops.ioctl(r, termios.FIONREAD, as_struct)
+        ops.ioctl(r, termios.FIONREAD, as_bytes)
+        assert (as_int.value, as_struct.value, int.from_bytes(as_bytes, "little")) == (5, 5, 5)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_real_enotty_becomes_one_line() -> None:
+    with open_node(SysOps(), "/dev/null", "0000:00:03.0") as node:
+        st = node.fstat()
+        assert st.is_char_device
+        with pytest.raises(IoctlFailed) as info:
+            node.ioctl(vfio.Request.VFIO_GET_API_VERSION)
+    assert str(info.value) == (
+        "0000:00:03.0: VFIO_GET_API_VERSION on /dev/null failed: ENOTTY, the kernel lacks this ioctl"
+    )
+    assert info.value.request == "VFIO_GET_API_VERSION"
+
+
+def test_real_open_of_a_missing_node() -> None:
+    with pytest.raises(HostAccessError) as info, open_node(SysOps(), "/dev/no-such-node", "0000:00:03.0"):
+        pass
+    assert str(info.value) == "0000:00:03.0: /dev/no-such-node does not exist (ENOENT)"
