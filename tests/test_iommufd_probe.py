@@ -376,3 +376,14 @@ def test_nesting_parent_hwpt_is_destroyed(tmp_path: Path) -> None:
     ioas, hwpt = -destroyed[0], -destroyed[1]
     assert destroyed[2:] == [hwpt, ioas]
     k.assert_clean()
+
+
+@pytest.mark.parametrize("name", ["VFIO_DEVICE_BIND_IOMMUFD", "VFIO_DEVICE_ATTACH_IOMMUFD_PT"])
+def test_eperm_explains_interrupt_remapping(tmp_path: Path, name: str) -> None:
+    k, sysfs = host(tmp_path)
+    k.fail(name, errno.EPERM)
+    assert failure(k, sysfs) == (
+        f"{BDF}: {name} on /dev/vfio/devices/vfio3 failed: EPERM, no interrupt remapping, so MSIs cannot be "
+        "isolated (iommufd.allow_unsafe_interrupts=1 overrides)"
+    )
+    k.assert_clean()

@@ -305,3 +305,13 @@ def test_failing_close_is_reported_and_the_rest_still_closed() -> None:
     k.fail(f"close:/dev/vfio/{GROUP}", errno.EIO)
     assert failure(k) == f"{BDF}: closing /dev/vfio/7 failed: EIO"
     k.assert_clean()
+
+
+def test_set_iommu_eperm_explains_interrupt_remapping() -> None:
+    k = kernel()
+    k.fail("VFIO_SET_IOMMU", errno.EPERM)
+    assert failure(k) == (
+        f"{BDF}: VFIO_SET_IOMMU on /dev/vfio/vfio failed: EPERM, no interrupt remapping, so MSIs cannot be "
+        "isolated (vfio_iommu_type1.allow_unsafe_interrupts=1 overrides)"
+    )
+    k.assert_clean()

@@ -30,6 +30,13 @@ _MAJOR_MINOR = re.compile(r"([0-9]+):([0-9]+)\n?")
 #: (the IOVA ranges can change between two calls if another device attaches).
 _ATTEMPTS = 4
 
+#: iommufd refuses a device whose MSIs the platform cannot isolate (at bind or,
+#: on some kernels, at attach), unless told otherwise.
+_UNSAFE_INTERRUPTS = {
+    errno.EPERM: "no interrupt remapping, so MSIs cannot be isolated "
+    "(iommufd.allow_unsafe_interrupts=1 overrides)"
+}
+
 #: The largest vendor payload this mirror knows (SMMUv3); the kernel says if it has more.
 _PAYLOAD_GUESS = max(
     ctypes.sizeof(uapi.iommu_hw_info_vtd),
@@ -131,7 +138,9 @@ def _bind(device: Node, iommufd: Node) -> int:
         why={
             errno.ENOTTY: "the kernel lacks this ioctl (Linux 6.6+ with CONFIG_VFIO_DEVICE_CDEV)",
             errno.EBUSY: "the device is in use through its legacy VFIO group (by QEMU?)",
-            errno.EINVAL: "the device is already open through its cdev (by QEMU?)",
+            errno.EINVAL: "the device is already open through its cdev (by QEMU?), "
+            "or its IOMMU cannot enforce cache coherency",
+            **_UNSAFE_INTERRUPTS,
         },
     )
     return int(bind.out_devid)
@@ -204,7 +213,7 @@ def _attached_ranges(
     """(attach errno, IOVA ranges, alignment) of ``ioas`` with the device attached."""
     attach = vfio.vfio_device_attach_iommufd_pt(argsz=vfio.ATTACH_PT_MIN_SIZE, pt_id=ioas)
     try:
-        device.ioctl(vfio.Request.VFIO_DEVICE_ATTACH_IOMMUFD_PT, attach)
+        device.ioctl(vfio.Request.VFIO_DEVICE_ATTACH_IOMMUFD_PT, attach, why=_UNSAFE_INTERRUPTS)
     except IoctlFailed as exc:
         # EINVAL: no domain of this IOAS's kind fits the unit (e.g. a scalable-mode
         # VT-d unit offering first-stage tables only). A fact to report, not a failure.

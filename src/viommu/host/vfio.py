@@ -22,6 +22,12 @@ from viommu.host.uapi.vfio import Extension, Request
 #: (the caps can grow between calls if another group joins the container).
 _INFO_ATTEMPTS = 4
 
+#: type1 refuses a group whose MSIs the platform cannot isolate, unless told otherwise.
+_UNSAFE_INTERRUPTS = {
+    errno.EPERM: "no interrupt remapping, so MSIs cannot be isolated "
+    "(vfio_iommu_type1.allow_unsafe_interrupts=1 overrides)"
+}
+
 _HEADER = ctypes.sizeof(vfio.vfio_info_cap_header)
 _INFO = ctypes.sizeof(vfio.vfio_iommu_type1_info)
 
@@ -46,9 +52,13 @@ def probe_legacy(bdf: str, group: int, *, dev_root: str = "/dev", ops: SysOps) -
         iommu_type = _type1_flavour(container)
         with _open_group(ops, vfio_dir, group, bdf) as group_node:
             _require_unused_viable(group_node, group)
-            group_node.ioctl(Request.VFIO_GROUP_SET_CONTAINER, ctypes.c_int32(container.fd))
+            group_node.ioctl(
+                Request.VFIO_GROUP_SET_CONTAINER,
+                ctypes.c_int32(container.fd),
+                why={errno.EBUSY: "a device of the group is in use through its VFIO cdev (by QEMU?)"},
+            )
             with undone(lambda: group_node.ioctl(Request.VFIO_GROUP_UNSET_CONTAINER)):
-                container.ioctl(Request.VFIO_SET_IOMMU, iommu_type)
+                container.ioctl(Request.VFIO_SET_IOMMU, iommu_type, why=_UNSAFE_INTERRUPTS)
                 info = _get_info(container)
                 # Asked after SET_IOMMU: only then does type1 itself answer, and
                 # DMA_CC reflects the domains of this group.
@@ -159,7 +169,7 @@ def _walk_caps(
     buf: bytearray, info: vfio.vfio_iommu_type1_info, *, container_path: str, where: str
 ) -> dict[int, int]:
     """Offsets of the capabilities by id, following ``next``; the order is the kernel's business."""
-    if not info.flags & vfio.VFIO_IOMMU_INFO_CAPS or len(buf) < _INFO:
+    if not info.flags & vfio.VFIO_IOMMU_INFO_CAPS:
         return {}
     found: dict[int, int] = {}
     seen: set[int] = set()

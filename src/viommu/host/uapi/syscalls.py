@@ -1,8 +1,8 @@
 """The syscall boundary: the only code that opens /dev nodes and issues ioctls.
 
 Probes take a :class:`SysOps` argument; tests pass a fake kernel with the same
-methods. Kernel errors leave this module as one-line
-:class:`~viommu.errors.HostAccessError`\\ s naming the call, the node, the
+methods. A kernel error leaves this module as a one-line
+:class:`~viommu.errors.HostAccessError` naming the call, the node, the
 device and the errno; file descriptors and kernel objects are released by
 context managers, on error paths too (where a failing release never hides
 the error that caused the unwinding).
