@@ -262,14 +262,17 @@ def test_no_iommufd(tmp_path: Path) -> None:
     k, sysfs = host(tmp_path, version=(6, 1))
     assert (
         failure(k, sysfs)
-        == f"{BDF}: kernel lacks iommufd (/dev/iommu does not exist: CONFIG_IOMMUFD) (ENOENT)"
+        == f"{BDF}: kernel lacks iommufd (CONFIG_IOMMUFD): /dev/iommu does not exist (ENOENT)"
     )
     k.assert_clean()
 
 
 def test_no_vfio_cdev(tmp_path: Path) -> None:
     k, sysfs = host(tmp_path, version=(6, 3))
-    assert "kernel lacks the VFIO device cdev (/dev/vfio/devices/vfio3 does not exist" in failure(k, sysfs)
+    assert failure(k, sysfs) == (
+        f"{BDF}: kernel lacks the VFIO device cdev (Linux 6.6+ with CONFIG_VFIO_DEVICE_CDEV): "
+        "/dev/vfio/devices/vfio3 does not exist (ENOENT)"
+    )
     k.assert_clean()
 
 

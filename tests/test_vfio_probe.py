@@ -172,7 +172,7 @@ def test_unknown_capabilities_are_skipped() -> None:
 def test_no_vfio_container() -> None:
     k = kernel()
     k.fail("open:/dev/vfio/vfio", errno.ENOENT)
-    assert failure(k) == f"{BDF}: kernel lacks the VFIO container (/dev/vfio/vfio does not exist) (ENOENT)"
+    assert failure(k) == f"{BDF}: kernel lacks the VFIO container: /dev/vfio/vfio does not exist (ENOENT)"
     k.assert_clean()
 
 

@@ -57,11 +57,11 @@ def probe_iommufd(
     if not _BDF.fullmatch(bdf):
         raise InputError(f"bad PCI address {bdf!r}: expected DDDD:BB:DD.F in lower-case hex")
     cdev, rdev = _find_cdev(bdf, Path(sysfs_root))
-    iommu_why = {errno.ENOENT: f"kernel lacks iommufd ({dev_root}/iommu does not exist: CONFIG_IOMMUFD)"}
+    iommu_why = {errno.ENOENT: f"kernel lacks iommufd (CONFIG_IOMMUFD): {dev_root}/iommu does not exist"}
     cdev_path = f"{dev_root}/vfio/devices/{cdev}"
     cdev_why = {
-        errno.ENOENT: f"kernel lacks the VFIO device cdev ({cdev_path} does not exist: "
-        "Linux 6.6+ with CONFIG_VFIO_DEVICE_CDEV)"
+        errno.ENOENT: "kernel lacks the VFIO device cdev (Linux 6.6+ with CONFIG_VFIO_DEVICE_CDEV): "
+        f"{cdev_path} does not exist"
     }
     # /dev/iommu first, so the device fd closes (unbinds) before the iommufd does.
     with (

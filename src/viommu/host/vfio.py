@@ -41,7 +41,7 @@ def probe_legacy(bdf: str, group: int, *, dev_root: str = "/dev", ops: SysOps) -
     viable, a kernel error.
     """
     vfio_dir = f"{dev_root}/vfio"
-    container_why = {errno.ENOENT: f"kernel lacks the VFIO container ({vfio_dir}/vfio does not exist)"}
+    container_why = {errno.ENOENT: f"kernel lacks the VFIO container: {vfio_dir}/vfio does not exist"}
     with open_node(ops, f"{vfio_dir}/vfio", bdf, why=container_why) as container:
         version = container.ioctl(Request.VFIO_GET_API_VERSION)
         if version != vfio.VFIO_API_VERSION:
