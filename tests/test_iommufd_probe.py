@@ -254,7 +254,11 @@ def test_unknown_device(tmp_path: Path) -> None:
 
 def test_no_vfio_dev_directory(tmp_path: Path) -> None:
     k, sysfs = host(tmp_path, version=(6, 0))
-    assert "vfio-dev does not exist: the device is not bound to vfio-pci" in failure(k, sysfs)
+    with pytest.raises(HostAccessError) as info:
+        probe_iommufd(BDF, sysfs_root=sysfs, ops=k)
+    assert "vfio-dev does not exist: the device is not bound to vfio-pci" in str(info.value)
+    # ENOENT, like a missing /dev/iommu or cdev node: the cue for `auto` to fall back to legacy VFIO.
+    assert info.value.errno == errno.ENOENT
     k.assert_clean()
 
 

@@ -102,6 +102,7 @@ def _find_cdev(bdf: str, sysfs_root: Path) -> tuple[str, int]:
             f"{vfio_dev} does not exist: the device is not bound to vfio-pci, "
             "or the kernel predates the VFIO device cdev (Linux 6.6)",
             where=bdf,
+            errno=errno.ENOENT,
         ) from None
     except OSError as exc:
         raise HostAccessError(f"cannot list {vfio_dev}: {exc.strerror}", where=bdf, errno=exc.errno) from None
