@@ -21,6 +21,9 @@ from viommu.errors import EXIT_INPUT, ViommuError
 COMMANDS: tuple[str, ...] = (
     "decode",
     "regs",
+    "inspect",
+    "snapshot",
+    "profiles",
 )
 
 
