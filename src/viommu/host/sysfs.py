@@ -90,9 +90,10 @@ class Tree:
             ) from None
         return target.rstrip("/").rsplit("/", 1)[-1]
 
-    def listdir(self, rel: str) -> list[str]:
+    def listdir(self, rel: str, *, natural: bool = False) -> list[str]:
+        """Sorted entries; ``natural`` for group numbers and unit names (dmar2 < dmar10), not for BDFs."""
         try:
-            return sorted(os.listdir(self.path(rel)), key=natural_key)
+            return sorted(os.listdir(self.path(rel)), key=natural_key if natural else None)
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -176,7 +177,7 @@ def _units(tree: Tree, sm: ScalableMode, release: str | None) -> dict[str, Iommu
         sysfsfmt.kernel_version(release, where=tree.name("proc/sys/kernel/osrelease")) if release else None
     )
     found: dict[str, IommuUnit] = {}
-    for name in tree.listdir("sys/class/iommu"):
+    for name in tree.listdir("sys/class/iommu", natural=True):
         base = f"sys/class/iommu/{name}"
         if tree.exists(f"{base}/intel-iommu"):
             regs = {
@@ -238,7 +239,7 @@ def parse_reserved_regions(text: str, *, where: str) -> tuple[ReservedRegion, ..
 def _groups(tree: Tree) -> tuple[dict[int, IommuGroup], list[str]]:
     groups: dict[int, IommuGroup] = {}
     notes: list[str] = []
-    for entry in tree.listdir("sys/kernel/iommu_groups"):
+    for entry in tree.listdir("sys/kernel/iommu_groups", natural=True):
         base = f"sys/kernel/iommu_groups/{entry}"
         if not entry.isdigit():
             raise InputError("not an IOMMU group number", where=tree.name(base))
