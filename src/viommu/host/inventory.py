@@ -249,7 +249,7 @@ class HostInventory:
             ),
             devices=tuple(devices),
             pci=pci,
-            notes=tuple(reader.get(top, "notes", "", list)),
+            notes=tuple(reader.strings(reader.get(top, "notes", "", list), "notes")),
             provenance=reader.obj(reader.get(top, "provenance", ""), "provenance"),
         )
 
