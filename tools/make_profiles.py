@@ -186,7 +186,8 @@ def build(p: Profile) -> HostInventory:
         devices.append(HostIOMMUDevice(d.bdf, caps, HiodKind.LEGACY_VFIO))
         pci[d.bdf] = pci_info
     notes = [
-        f"{d.bdf}: group {d.group} has a 'direct' (non-relaxable RMRR) region: the kernel refuses to give it to VFIO"
+        f"{d.bdf}: group {d.group} has a 'direct' (non-relaxable RMRR) region: "
+        "the kernel refuses to give it to VFIO"
         for d in sorted(p.devices, key=lambda d: d.bdf)
         if not is_bridge(d.class_code)
         and any(r.type is ResvType.DIRECT for r in groups[d.group].reserved_regions)
@@ -207,8 +208,8 @@ def build(p: Profile) -> HostInventory:
             | ({"borrowed": u.borrowed} if u.borrowed else {})
             for u in p.units
         ],
-        "topology": "illustrative: devices, IOMMU groups and reserved regions typical of this kind of machine, "
-        "not read from it",
+        "topology": "illustrative: devices, IOMMU groups and reserved regions typical of this kind of "
+        "machine, not read from it",
         "notes": p.notes,
         "generated_by": "tools/make_profiles.py from src/viommu/data/hw-iommu-corpus.csv",
     }
@@ -500,7 +501,8 @@ PROFILES = [
         [
             amdvi(
                 name,
-                "AMD-Vi: Extended features (0x25bf732fa2295afe, 0x1d): PPR X2APIC NX GT [5] IA GA PC GA_vAPIC",
+                "AMD-Vi: Extended features (0x25bf732fa2295afe, 0x1d): "
+                "PPR X2APIC NX GT [5] IA GA PC GA_vAPIC",
             )
             for name in ("ivhd0", "ivhd1")
         ],
@@ -587,10 +589,11 @@ PROFILES = [
             ),
         ],
         notes=[
-            "The corpus holds no raw SMMUv3 ID registers, only the driver's summary line (ias 48, oas 48, and "
-            "an internal feature bitmap that is not decoded across kernels). The IDRs here are DERIVED to be "
-            "consistent with that line (IDR5.OAS=48-bit, AArch64 tables, both stages, 16-bit ASID/VMID, "
-            "HTTU access+dirty, ATS, range invalidation, 4K and 64K granules): plausible, not read from hardware.",
+            "The corpus holds no raw SMMUv3 ID registers, only the driver's summary line (ias 48, oas 48, "
+            "and an internal feature bitmap that is not decoded across kernels). The IDRs here are DERIVED "
+            "to be consistent with that line (IDR5.OAS=48-bit, AArch64 tables, both stages, 16-bit "
+            "ASID/VMID, HTTU access+dirty, ATS, range invalidation, 4K and 64K granules): plausible, not "
+            "read from hardware.",
             "sysfs shows no SMMUv3 ID registers; on the real machine only the iommufd backend reports them.",
         ],
     ),
@@ -614,7 +617,8 @@ PROFILES = [
         ],
         virtual=True,
         notes=[
-            "a virtual machine (QEMU intel-iommu), like the lab's L1 guest: a pcie-pci-bridge gives e1000 an alias"
+            "a virtual machine (QEMU intel-iommu), like the lab's L1 guest: "
+            "a pcie-pci-bridge gives e1000 an alias"
         ],
     ),
 ]
