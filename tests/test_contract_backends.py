@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fakekernel import FakeDevice, FakeIommu, FakeKernel, vtd_payload
+from fakekernel import FakeDevice, FakeIommu, FakeKernel, smmuv3_payload, vtd_payload
 from sysfs_fixture import HT_LINE, MSI_LINE, Tree, q35_lab, region
 from viommu.host import capture, snapshot
 from viommu.host.caps import IommuType, ResvType
@@ -242,3 +242,44 @@ def test_fake_kernel_disagreement_is_noted(tmp_path: Path) -> None:
     kernel.devices[0].iommu.usable = [(0, 0xFEDFFFFF), (0xFEF00000, (1 << 48) - 1)]
     inventory = discover("vfio", root=tmp_path, ops=kernel)
     assert any("0000:00:03.0" in n and "aw-bits 48 vs 39" in n for n in inventory.notes)
+
+
+def test_iommufd_attach_einval_is_reported(tmp_path: Path) -> None:
+    kernel = _fake(tmp_path)
+    kernel.devices[0].iommu.attach_errno = 22  # EINVAL: e.g. a first-stage-only scalable-mode unit
+    inventory = discover("iommufd", root=tmp_path, ops=kernel)
+    kernel.assert_clean()
+    assert inventory.device("0000:00:03.0").caps.iova_ranges == ()
+    assert any("0000:00:03.0: attaching to an IOAS failed (errno 22)" in n for n in inventory.notes)
+
+
+def test_iommufd_fills_in_smmuv3_registers(tmp_path: Path) -> None:
+    t = Tree(tmp_path)
+    t.smmu("smmu3.0x0000000009050000")
+    t.group(1, region(0x8000000, 0x80FFFFF, "msi"))
+    t.device("0000:00:01.0", unit="smmu3.0x0000000009050000", group=1, driver="vfio-pci")
+    # IDR0: S2P|S1P (bits 0,1), TTF=2 (AArch64, bits 3:2 = 0b10): 0b1011 = 0xb.
+    # IDR5: OAS=5 (48 bits, bits 2:0), GRAN4K (bit 4): 0x15.
+    idr = (0xB, 0, 0, 0, 0, 0x15)
+    kernel = FakeKernel(
+        version=(6, 13),  # SMMUv3 answers IOMMU_GET_HW_INFO from 6.13 (fakekernel.SMMUV3_HW_INFO)
+        devices=[
+            FakeDevice(
+                "0000:00:01.0",
+                group=1,
+                iommu=FakeIommu(
+                    hw_info_type=2,
+                    payload=smmuv3_payload(idr, 0, 0),
+                    usable=[(0, 0x7FFFFFF), (0x8100000, (1 << 48) - 1)],
+                ),
+            )
+        ],
+    )
+    kernel.write_sysfs(tmp_path / "sys")
+    inventory = discover("iommufd", root=tmp_path, ops=kernel)
+    kernel.assert_clean()
+    unit = inventory.units[0]
+    assert unit.registers["idr0"] == 0xB and unit.registers["idr5"] == 0x15
+    assert unit.aperture_bits == 48  # stage-1 input size without VAX
+    dev = inventory.device("0000:00:01.0")
+    assert dev.caps.iommu_type is IommuType.ARM_SMMUV3 and dev.caps.aw_bits == 48
