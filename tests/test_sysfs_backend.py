@@ -24,8 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sysfs_fixture import HT_LINE, MSI_LINE, Tree, q35_lab, region
 
+from sysfs_fixture import HT_LINE, MSI_LINE, Tree, q35_lab, region
 from viommu.errors import HostAccessError, InputError
 from viommu.host import sysfs
 from viommu.host.caps import IommuType, IovaRange, ResvType
@@ -196,7 +196,7 @@ def test_old_kernel_files_missing(tmp_path: Path) -> None:
 
 def test_no_iommu_explicit_sysfs_is_one_line(tmp_path: Path) -> None:
     Tree(tmp_path)
-    with pytest.raises(HostAccessError, match="no IOMMU under .*sys/class/iommu"):
+    with pytest.raises(HostAccessError, match=r"no IOMMU under .*sys/class/iommu"):
         discover("sysfs", root=tmp_path)
 
 
