@@ -17,10 +17,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import total_ordering
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from viommu.errors import InputError
 from viommu.host.device import HostIOMMUDevice
+
+if TYPE_CHECKING:
+    from viommu.dma import GuestView
 
 
 @total_ordering
@@ -153,3 +156,18 @@ class VIOMMU(abc.ABC):
     @abc.abstractmethod
     def guest_state(self) -> dict[str, Any]:
         """The guest-visible state (registers or config space), JSON-ready and deterministic."""
+
+    @abc.abstractmethod
+    def guest_view(self, addr: PciAddr) -> GuestView:
+        """What the guest may map for the endpoint at ``addr``: width, reserved regions, page sizes."""
+
+    def narrowed(self, hiod: HostIOMMUDevice) -> dict[str, str]:
+        """Property values (``-device`` text) that would make this vIOMMU fit ``hiod``.
+
+        The ``sync`` policy applies them for each cold-plugged device before
+        machine-done, ``plan`` folds them over every device of every pool host.
+        Only caps are narrowed, each as little as the property's values allow;
+        an empty result means either the device fits already or no property
+        value can make it fit (the check then refuses it).
+        """
+        return {}

@@ -34,6 +34,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from viommu.dma import X86_INTERRUPT_WINDOW, GuestView
 from viommu.errors import InputError, Refusal
 from viommu.host.caps import IommuType
 from viommu.host.device import CAP_AW_BITS, CapUnsupported, HostIOMMUDevice
@@ -540,6 +541,33 @@ class IntelIOMMU(VIOMMU):
     def reset(self) -> None:
         # vtd_reset re-runs vtd_cap_init from the same properties.
         self.cap, self.ecap = registers(self.profile, self.config)
+
+    def guest_view(self, addr: PciAddr) -> GuestView:
+        """Second-stage tables: 4K plus SLLPS (2M, 1G); first-stage: 4K, 2M and 1G with FL1GP.
+
+        The guest sees no reserved regions (QEMU's DMAR table lists no RMRR), only
+        the x86 interrupt window that no guest driver maps.
+        """
+        cap = CAP.decode(self.cap)
+        if self.config.flts:
+            sizes = (1 << 12) | (1 << 21) | ((1 << 30) if cap["FL1GP"] else 0)
+        else:
+            sllps = cap["SLLPS"]
+            sizes = (1 << 12) | ((1 << 21) if sllps & 1 else 0) | ((1 << 30) if sllps & 2 else 0)
+        if not cap["SAGAW"]:
+            sizes = 0  # dma-translation=off: the guest has no DMA remapping to map through
+        return GuestView(self.config.aw_bits, (X86_INTERRUPT_WINDOW,), sizes)
+
+    def narrowed(self, hiod: HostIOMMUDevice) -> dict[str, str]:
+        """aw-bits down to the widest value (48, else 39) the host's address width reaches."""
+        try:
+            host_aw = int(hiod.get_cap(CAP_AW_BITS))
+        except CapUnsupported:
+            return {}
+        if self.config.aw_bits <= host_aw or self.config.flts:
+            return {}  # fits, or first-stage mode, where 48 is the only value QEMU takes
+        fitting = [aw for aw in (48, 39) if aw <= host_aw]
+        return {"aw-bits": str(fitting[0])} if fitting else {}
 
     def guest_state(self) -> dict[str, Any]:
         return {
