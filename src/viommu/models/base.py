@@ -138,8 +138,14 @@ class VIOMMU(abc.ABC):
         self.version = version
 
     @abc.abstractmethod
-    def set_iommu_device(self, addr: PciAddr, hiod: HostIOMMUDevice, *, hotplug: bool) -> None:
-        """Accept the host IOMMU device of a VFIO device at ``addr`` or raise Refusal."""
+    def set_iommu_device(
+        self, addr: PciAddr, hiod: HostIOMMUDevice, *, hotplug: bool, alias: PciAddr | None = None
+    ) -> None:
+        """Accept the host IOMMU device of a VFIO device at ``addr`` or raise Refusal.
+
+        ``alias`` is the device's requester-ID alias in the guest topology (behind a
+        PCIe-to-PCI bridge: the secondary bus, devfn 0); None means the device is its own.
+        """
 
     @abc.abstractmethod
     def unset_iommu_device(self, addr: PciAddr) -> None:
@@ -171,3 +177,20 @@ class VIOMMU(abc.ABC):
         value can make it fit (the check then refuses it).
         """
         return {}
+
+    def widest(self) -> dict[str, str]:
+        """Cap properties at the widest value the model offers (``plan`` starts from these
+        for properties the user left to their defaults)."""
+        return {}
+
+    def required(self, *, has_vfio: bool) -> dict[str, tuple[str, str]]:
+        """Property values VFIO devices need whatever the host (name -> (value, why))."""
+        return {}
+
+    def explicit(self) -> dict[str, str]:
+        """The resolved values of the guest-visible properties, to write them out explicitly."""
+        return {}
+
+    def compare(self, hiod: HostIOMMUDevice) -> list[dict[str, Any]]:
+        """Field by field: ``{"field", "viommu", "host", "ok"}`` for what ``set_iommu_device`` checks."""
+        return []

@@ -482,16 +482,18 @@ class IntelIOMMU(VIOMMU):
 
     # -- host devices --
 
-    def set_iommu_device(self, addr: PciAddr, hiod: HostIOMMUDevice, *, hotplug: bool) -> None:
+    def set_iommu_device(
+        self, addr: PciAddr, hiod: HostIOMMUDevice, *, hotplug: bool, alias: PciAddr | None = None
+    ) -> None:
         if not self.config.caching_mode and (hotplug or self.profile.caching_mode_in_set):
             # <10.2 this is pc_hotplug_allowed() refusing the device_add; >=10.2 vtd_dev_set_iommu_device.
             raise Refusal(CACHING_MODE_REQUIRED, _CM_TEXT_SET)
         if addr in self._devices:
             raise Refusal(DUPLICATE_HOST_IOMMU_DEVICE, "Host IOMMU device already exist")
-        self._check_hiod(hiod)
+        self._check_hiod(hiod, aliased=hiod.aliased or (alias is not None and alias != addr))
         self._devices[addr] = hiod
 
-    def _check_hiod(self, hiod: HostIOMMUDevice) -> None:
+    def _check_hiod(self, hiod: HostIOMMUDevice, *, aliased: bool) -> None:
         """``vtd_check_hiod`` (and 11.0's ``vtd_check_hiod_accel``)."""
         get_cap = getattr(hiod, "get_cap", None)
         if get_cap is None:
@@ -513,7 +515,7 @@ class IntelIOMMU(VIOMMU):
             raise Refusal(IOMMU_TYPE_MISMATCH, f"Incompatible host platform IOMMU type {code}")
         if self.config.fs1gp and not CAP.decode(hiod.caps.registers.get("cap", 0))["FL1GP"]:
             raise Refusal(FS1GP_UNSUPPORTED, "First stage 1GB large page is unsupported by host IOMMU")
-        if hiod.aliased:
+        if aliased:
             raise Refusal(
                 FLTS_BEHIND_BRIDGE, "Host device downstream to a PCI bridge is unsupported when x-flts=on"
             )
@@ -559,15 +561,81 @@ class IntelIOMMU(VIOMMU):
         return GuestView(self.config.aw_bits, (X86_INTERRUPT_WINDOW,), sizes)
 
     def narrowed(self, hiod: HostIOMMUDevice) -> dict[str, str]:
-        """aw-bits down to the widest value (48, else 39) the host's address width reaches."""
+        """aw-bits down to the widest value (48, else 39) the host's address width reaches;
+        with first-stage translation (11.0), fs1gp off for a host unit without FL1GP."""
+        changes: dict[str, str] = {}
         try:
             host_aw = int(hiod.get_cap(CAP_AW_BITS))
         except CapUnsupported:
             return {}
-        if self.config.aw_bits <= host_aw or self.config.flts:
-            return {}  # fits, or first-stage mode, where 48 is the only value QEMU takes
-        fitting = [aw for aw in (48, 39) if aw <= host_aw]
-        return {"aw-bits": str(fitting[0])} if fitting else {}
+        if self.config.aw_bits > host_aw and not self.config.flts:
+            # In first-stage mode 48 is the only value QEMU takes: nothing to narrow to.
+            fitting = [aw for aw in (48, 39) if aw <= host_aw]
+            if fitting:
+                changes["aw-bits"] = str(fitting[0])
+        if (
+            self.config.flts
+            and self.config.fs1gp
+            and hiod.caps.iommu_type is IommuType.INTEL_VTD
+            and not CAP.decode(hiod.caps.registers.get("cap", 0))["FL1GP"]
+        ):
+            changes["fs1gp"] = "off"
+        return changes
+
+    def widest(self) -> dict[str, str]:
+        return {"aw-bits": "48"}
+
+    def required(self, *, has_vfio: bool) -> dict[str, tuple[str, str]]:
+        if not has_vfio:
+            return {}
+        out = {
+            "caching-mode": (
+                "on",
+                "VFIO devices behind intel-iommu need caching-mode=on: without it QEMU cannot shadow "
+                "the guest's mappings onto the host IOMMU (QEMU refuses the device)",
+            )
+        }
+        if self.config.flts and not self.profile.renamed:
+            out[self.profile.flts_prop] = (
+                "off",
+                f"QEMU {self.version} refuses every host device with {self.profile.flts_prop}=on "
+                "(first-stage translation is for emulated devices only before 11.0)",
+            )
+        return out
+
+    def explicit(self) -> dict[str, str]:
+        """aw-bits (its default changed in 10.0), caching-mode, and the interrupt-remapping pair
+        whose ``auto`` values depend on the accelerator (EIM differs between TCG and KVM)."""
+        out = {
+            "aw-bits": str(self.config.aw_bits),
+            "caching-mode": "on" if self.config.caching_mode else "off",
+            "intremap": "on" if self.config.intremap else "off",
+        }
+        if self.config.intremap:
+            out["eim"] = "on" if self.config.eim else "off"
+        return out
+
+    def compare(self, hiod: HostIOMMUDevice) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        rows.append({"field": "caching-mode", "viommu": "on" if self.config.caching_mode else "off",
+                     "host": "on (VFIO)", "ok": self.config.caching_mode})
+        try:
+            host_aw: int | str = int(hiod.get_cap(CAP_AW_BITS))
+            aw_ok = self.config.aw_bits <= int(host_aw)
+        except CapUnsupported as exc:
+            host_aw, aw_ok = str(exc), False
+        rows.append({"field": "aw-bits", "viommu": self.config.aw_bits, "host": host_aw, "ok": aw_ok})
+        if self.config.flts:
+            rows.append({"field": "backend", "viommu": "iommufd (flts)", "host": hiod.kind.value,
+                         "ok": self.profile.renamed and hiod.kind.is_iommufd})
+            rows.append({"field": "iommu-type", "viommu": IommuType.INTEL_VTD.value,
+                         "host": hiod.caps.iommu_type.value,
+                         "ok": hiod.caps.iommu_type is IommuType.INTEL_VTD})
+            if self.config.fs1gp:
+                host_fl1gp = bool(CAP.decode(hiod.caps.registers.get("cap", 0))["FL1GP"])
+                rows.append({"field": "fs1gp", "viommu": "on", "host": "on" if host_fl1gp else "off",
+                             "ok": host_fl1gp})
+        return rows
 
     def guest_state(self) -> dict[str, Any]:
         return {
