@@ -490,10 +490,10 @@ class IntelIOMMU(VIOMMU):
             raise Refusal(CACHING_MODE_REQUIRED, _CM_TEXT_SET)
         if addr in self._devices:
             raise Refusal(DUPLICATE_HOST_IOMMU_DEVICE, "Host IOMMU device already exist")
-        self._check_hiod(hiod, aliased=hiod.aliased or (alias is not None and alias != addr))
+        self._check_hiod(hiod, guest_alias=alias is not None and alias != addr)
         self._devices[addr] = hiod
 
-    def _check_hiod(self, hiod: HostIOMMUDevice, *, aliased: bool) -> None:
+    def _check_hiod(self, hiod: HostIOMMUDevice, *, guest_alias: bool) -> None:
         """``vtd_check_hiod`` (and 11.0's ``vtd_check_hiod_accel``)."""
         get_cap = getattr(hiod, "get_cap", None)
         if get_cap is None:
@@ -515,7 +515,7 @@ class IntelIOMMU(VIOMMU):
             raise Refusal(IOMMU_TYPE_MISMATCH, f"Incompatible host platform IOMMU type {code}")
         if self.config.fs1gp and not CAP.decode(hiod.caps.registers.get("cap", 0))["FL1GP"]:
             raise Refusal(FS1GP_UNSUPPORTED, "First stage 1GB large page is unsupported by host IOMMU")
-        if aliased:
+        if guest_alias or hiod.aliased:
             raise Refusal(
                 FLTS_BEHIND_BRIDGE, "Host device downstream to a PCI bridge is unsupported when x-flts=on"
             )
