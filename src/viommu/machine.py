@@ -374,6 +374,7 @@ class Machine:
         detail: dict[str, Any] = {"host": dev.host, "backend": dev.backend, "guest_addr": str(addr)}
         if alias is not None:
             detail["alias"] = str(alias)
+        unnarrowed = (self.spec, self.model)
         if self.policy is Policy.SYNC and not self.frozen:
             changes = self.model.narrowed(hiod)
             if changes:
@@ -391,6 +392,9 @@ class Machine:
             else:
                 message = f"vfio {hiod.name}: {vfio_prefix(self.version)}{exc.message}"
             detail["comparison"] = self.compare(hiod)
+            # A refused device is not part of the machine: what it narrowed is undone.
+            self.spec, self.model = unnarrowed
+            detail.pop("narrowed", None)
             return self._record(event, label, False, code=exc.code, message=message, detail=detail)
         self.devices[label] = _Plugged(dev, hiod, addr, alias, HostDomain.of(hiod), hotplug)
         return self._record(event, label, True, detail=detail)
