@@ -138,8 +138,15 @@ class VIOMMU(abc.ABC):
         self.version = version
 
     @abc.abstractmethod
-    def set_iommu_device(self, addr: PciAddr, hiod: HostIOMMUDevice, *, hotplug: bool) -> None:
-        """Accept the host IOMMU device of a VFIO device at ``addr`` or raise Refusal."""
+    def set_iommu_device(
+        self, addr: PciAddr, hiod: HostIOMMUDevice, *, hotplug: bool, alias: PciAddr | None = None
+    ) -> None:
+        """Accept the host IOMMU device of a VFIO device at ``addr`` or raise Refusal.
+
+        ``addr`` is the device's own guest (bus, devfn); ``alias`` its requester-ID
+        alias in the guest topology (behind a PCIe-to-PCI bridge: the secondary
+        bus, devfn 0), None when it has none.
+        """
 
     @abc.abstractmethod
     def unset_iommu_device(self, addr: PciAddr) -> None:

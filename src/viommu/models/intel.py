@@ -482,16 +482,18 @@ class IntelIOMMU(VIOMMU):
 
     # -- host devices --
 
-    def set_iommu_device(self, addr: PciAddr, hiod: HostIOMMUDevice, *, hotplug: bool) -> None:
+    def set_iommu_device(
+        self, addr: PciAddr, hiod: HostIOMMUDevice, *, hotplug: bool, alias: PciAddr | None = None
+    ) -> None:
         if not self.config.caching_mode and (hotplug or self.profile.caching_mode_in_set):
             # <10.2 this is pc_hotplug_allowed() refusing the device_add; >=10.2 vtd_dev_set_iommu_device.
             raise Refusal(CACHING_MODE_REQUIRED, _CM_TEXT_SET)
         if addr in self._devices:
             raise Refusal(DUPLICATE_HOST_IOMMU_DEVICE, "Host IOMMU device already exist")
-        self._check_hiod(hiod)
+        self._check_hiod(hiod, behind_bridge=alias is not None and alias != addr)
         self._devices[addr] = hiod
 
-    def _check_hiod(self, hiod: HostIOMMUDevice) -> None:
+    def _check_hiod(self, hiod: HostIOMMUDevice, *, behind_bridge: bool) -> None:
         """``vtd_check_hiod`` (and 11.0's ``vtd_check_hiod_accel``)."""
         get_cap = getattr(hiod, "get_cap", None)
         if get_cap is None:
@@ -513,7 +515,9 @@ class IntelIOMMU(VIOMMU):
             raise Refusal(IOMMU_TYPE_MISMATCH, f"Incompatible host platform IOMMU type {code}")
         if self.config.fs1gp and not CAP.decode(hiod.caps.registers.get("cap", 0))["FL1GP"]:
             raise Refusal(FS1GP_UNSUPPORTED, "First stage 1GB large page is unsupported by host IOMMU")
-        if hiod.aliased:
+        # 11.0's pci_device_get_iommu_bus_devfn says "aliased" from the guest topology;
+        # a host-side alias recorded in the caps counts as well.
+        if behind_bridge or hiod.aliased:
             raise Refusal(
                 FLTS_BEHIND_BRIDGE, "Host device downstream to a PCI bridge is unsupported when x-flts=on"
             )
