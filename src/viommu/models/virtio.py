@@ -197,7 +197,9 @@ _OTHER_BUSES: Mapping[str, Mapping[str, str]] = {
 
 
 def _realize(values: Mapping[str, PropValue], machine: MachineType) -> VirtioConfig:
-    """pci_qdev_realize, virtio_pci_realize, then virtio_iommu_device_realize, in that order."""
+    """The realize checks in the order the 10.0 binary reports them: the PCI slot
+    (do_pci_register_device), the virtio-pci mode, virtio-iommu's aw-bits, then
+    the failover pairing (checked after the device realize)."""
     devfn = values["addr"]
     assert isinstance(devfn, int)
     owner = _BUILTIN_SLOTS.get(machine.family, {}).get(devfn)
@@ -211,12 +213,12 @@ def _realize(values: Mapping[str, PropValue], machine: MachineType) -> VirtioCon
         raise DeviceConfigError(
             VIRTIO_NO_MODE, "device cannot work as neither modern nor legacy mode is enabled"
         )
-    if values["failover_pair_id"]:
-        raise DeviceConfigError(FAILOVER_NOT_ETHERNET, "failover primary device is not an Ethernet device")
     aw = values["aw-bits"]
     assert isinstance(aw, int)
     if not 32 <= aw <= 64:
         raise DeviceConfigError(AW_BITS_OUT_OF_RANGE, "aw-bits must be within [32,64]")
+    if values["failover_pair_id"]:
+        raise DeviceConfigError(FAILOVER_NOT_ETHERNET, "failover primary device is not an Ethernet device")
     granule = str(values["granule"])
     # "Unsupported granule mode" cannot be reached from the command line: the enum
     # visitor refuses any other value first.
