@@ -52,7 +52,9 @@ def create(
             f"host device unchecked; known vIOMMUs: {', '.join(MODELS)}",
             where=where,
         )
-    raise InputError(f"'{driver}' is not a vIOMMU viommu models; known: {', '.join(MODELS)}", where=where)
+    raise InputError(
+        f"'{driver}' is not a vIOMMU that viommu models; known: {', '.join(MODELS)}", where=where
+    )
 
 
 def import_all() -> None:

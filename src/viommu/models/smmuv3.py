@@ -324,14 +324,15 @@ class SMMUv3(VIOMMU):
         if not self.config.accel or hiod.caps.iommu_type is not IommuType.ARM_SMMUV3:
             return {}
         host = self._host_fields(hiod)
+        mine = {k: _TABLES[k].decode(self.idr(k)).fields for k in _TABLES}
         out: dict[str, str] = {}
-        if self.fields["idr3"]["RIL"] and not host["idr3"]["RIL"]:
+        if mine["idr3"]["RIL"] and not host["idr3"]["RIL"]:
             out["ril"] = "off"
-        if self.fields["idr0"]["ATS"] and not host["idr0"]["ATS"]:
+        if mine["idr0"]["ATS"] and not host["idr0"]["ATS"]:
             out["ats"] = "off"
-        if self.fields["idr5"]["OAS"] > host["idr5"]["OAS"] >= OAS_44:
+        if mine["idr5"]["OAS"] > host["idr5"]["OAS"] >= OAS_44:
             out["oas"] = "44"
-        if self.fields["idr1"]["SSIDSIZE"] > host["idr1"]["SSIDSIZE"]:
+        if mine["idr1"]["SSIDSIZE"] > host["idr1"]["SSIDSIZE"]:
             out["ssidsize"] = str(host["idr1"]["SSIDSIZE"])
         return out
 
