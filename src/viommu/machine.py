@@ -330,6 +330,8 @@ class Machine:
         self.topology = Topology()
         self.devices: dict[str, _Plugged] = {}
         self.trace: list[Decision] = []
+        #: After an accepted migration: the machine on the destination.
+        self.destination: Machine | None = None
         detail: dict[str, Any] = {"device": str(self.spec)}
         if self.plan is not None:
             detail["plan"] = self.plan.to_json()
@@ -495,12 +497,13 @@ class Machine:
         *,
         version: QemuVersion | None = None,
         devices: Mapping[str, str] | None = None,
+        name: str | None = None,
     ) -> Decision:
         """Migrate to ``dest``: the destination QEMU realizes the same command line (the planned
         one under ``plan``), cold-plugs the VM's devices (host addresses from ``devices``, by id,
         else the same) and reaches machine-done; its guest-visible state must equal ours."""
         dest_version = version or self.version
-        target = dest.machine.hostname or dest.machine.product or "destination"
+        target = name or dest.machine.hostname or dest.machine.product or "destination"
         spec = self.spec if self.policy is not Policy.SYNC else self.requested
         dest_policy = Policy.CHECK if self.policy is Policy.PLAN else self.policy
         try:
@@ -539,6 +542,7 @@ class Machine:
                 message=f"guest-visible vIOMMU state differs on the destination: {fields}",
                 detail={"differences": diffs},
             )
+        self.destination = other
         return self._record("migrate", target, True, detail={"destination_state": theirs})
 
 
