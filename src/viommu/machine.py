@@ -115,12 +115,20 @@ class Decision:
 
 
 def create_viommu(
-    spec: DeviceSpec, version: QemuVersion, *, machine_type: str | None = None, where: str | None = None
+    spec: DeviceSpec,
+    version: QemuVersion,
+    *,
+    machine_type: str | None = None,
+    irqchip: str = "off",
+    where: str | None = None,
 ) -> VIOMMU:
-    """The model for ``spec.driver``; QEMU's realize errors raise DeviceConfigError (exit 2)."""
+    """The model for ``spec.driver``; QEMU's realize errors raise DeviceConfigError (exit 2).
+
+    ``irqchip`` is the effective ``kernel-irqchip`` mode (``off`` stands for TCG too).
+    """
     from viommu.models import registry
 
-    return registry.create(spec, version, machine=machine_type, where=where)
+    return registry.create(spec, version, machine=machine_type, irqchip=irqchip, where=where)
 
 
 def vfio_prefix(version: QemuVersion) -> str:
@@ -240,6 +248,7 @@ def plan_properties(
     pool: Sequence[tuple[VfioDev, HostInventory]],
     *,
     machine_type: str | None = None,
+    irqchip: str = "off",
 ) -> Plan:
     """Explicit properties that fit every ``(device, host)`` of the pool, as wide as allowed.
 
@@ -251,7 +260,11 @@ def plan_properties(
     longer depends on the QEMU release's defaults. Raises Refusal
     (``no-fitting-plan``) when some device cannot be made to fit.
     """
-    probe = create_viommu(spec, version, machine_type=machine_type)
+    def build(props: Mapping[str, str]) -> VIOMMU:
+        return create_viommu(DeviceSpec(spec.driver, dict(props)), version, machine_type=machine_type,
+                             irqchip=irqchip)
+
+    probe = build(spec.props)
     props = dict(spec.props)
     choices: dict[str, PlanChoice] = {}
     for name, value in probe.widest().items():
@@ -265,7 +278,7 @@ def plan_properties(
             if props.get(name) != value:
                 props[name] = value
                 choices[name] = PlanChoice(name, value, why)
-    model = create_viommu(DeviceSpec(spec.driver, props), version, machine_type=machine_type)
+    model = build(props)
     topo = Topology()
     for dev, host in pool:
         addr, alias = topo.place(dev)
@@ -278,10 +291,10 @@ def plan_properties(
                 choices[name] = PlanChoice(
                     name, value, f"narrowed to fit {dev.host} ({dev.backend}) on {host_name}"
                 )
-            model = create_viommu(DeviceSpec(spec.driver, props), version, machine_type=machine_type)
+            model = build(props)
     # Every device of every host must now pass the check, cold-plugged and hotplugged alike.
     for i, (dev, host) in enumerate(pool):
-        trial = create_viommu(DeviceSpec(spec.driver, props), version, machine_type=machine_type)
+        trial = build(props)
         addr, alias = Topology().place(dev)
         try:
             trial.set_iommu_device(addr, host_device(dev, host, alias=alias), hotplug=False, alias=alias)
@@ -314,18 +327,20 @@ class Machine:
         policy: Policy = Policy.CHECK,
         machine_type: str | None = None,
         pool: Sequence[tuple[VfioDev, HostInventory]] = (),
+        irqchip: str = "off",
         where: str | None = None,
     ) -> None:
         self.version = version
+        self.irqchip = irqchip
         self.policy = policy
         self.machine_type = machine_type
         self.requested = viommu
         self.plan: Plan | None = None
         if policy is Policy.PLAN:
-            self.plan = plan_properties(viommu, version, pool, machine_type=machine_type)
+            self.plan = plan_properties(viommu, version, pool, machine_type=machine_type, irqchip=irqchip)
             viommu = self.plan.spec
         self.spec = viommu
-        self.model = create_viommu(viommu, version, machine_type=machine_type, where=where)
+        self.model = create_viommu(viommu, version, machine_type=machine_type, irqchip=irqchip, where=where)
         self.frozen = False
         self.topology = Topology()
         self.devices: dict[str, _Plugged] = {}
@@ -361,7 +376,8 @@ class Machine:
         props = dict(self.spec.props)
         props.update(changes)
         self.spec = DeviceSpec(self.spec.driver, props)
-        self.model = create_viommu(self.spec, self.version, machine_type=self.machine_type)
+        self.model = create_viommu(self.spec, self.version, machine_type=self.machine_type,
+                                   irqchip=self.irqchip)
         for plugged in self.devices.values():
             self.model.set_iommu_device(plugged.addr, plugged.hiod, hotplug=False, alias=plugged.alias)
 
@@ -507,7 +523,8 @@ class Machine:
         spec = self.spec if self.policy is not Policy.SYNC else self.requested
         dest_policy = Policy.CHECK if self.policy is Policy.PLAN else self.policy
         try:
-            other = Machine(spec, version=dest_version, policy=dest_policy, machine_type=self.machine_type)
+            other = Machine(spec, version=dest_version, policy=dest_policy, machine_type=self.machine_type,
+                            irqchip=self.irqchip)
         except InputError as exc:
             return self._record("migrate", target, False, code=getattr(exc, "code", "bad-destination"),
                                 message=str(exc))
@@ -566,10 +583,12 @@ def run_cold(
     version: QemuVersion = DEFAULT_QEMU_VERSION,
     policy: Policy = Policy.CHECK,
     machine_type: str | None = None,
+    irqchip: str = "off",
 ) -> Machine:
     """Realize, cold-plug every device, machine-done: what QEMU does at start-up."""
     pool = list(devices)
-    machine = Machine(spec, version=version, policy=policy, machine_type=machine_type, pool=pool)
+    machine = Machine(spec, version=version, policy=policy, machine_type=machine_type, pool=pool,
+                      irqchip=irqchip)
     for dev, host in pool:
         machine.cold_plug(dev, host)
     machine.machine_done()

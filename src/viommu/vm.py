@@ -92,3 +92,11 @@ class VMConfig:
     argv: tuple[str, ...] = field(default=(), compare=False)
     #: The original document (libvirt kind), so plan can diff it.
     text: str = field(default="", compare=False)
+
+    @property
+    def irqchip(self) -> str:
+        """The effective ``kernel-irqchip`` mode: ``off`` under TCG (no in-kernel irqchip);
+        under KVM what was given, else ``on`` (q35's ``default_kernel_irqchip_split`` is false)."""
+        if self.accel == "kvm":
+            return self.kernel_irqchip or "on"
+        return "off"
