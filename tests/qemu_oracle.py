@@ -174,28 +174,34 @@ def qom_get(device: str, props: Sequence[str], *, machine: str = "q35") -> dict[
     import os
     import tempfile
 
-    from qemu.qmp import QMPClient
+    from qemu.qmp import QMPClient, QMPError
 
     ident = dict(p.partition("=")[::2] for p in device.split(",")[1:]).get("id")
     if not ident:
         raise ValueError(f"{device!r} needs an id= to be found over QMP")
 
     async def ask(sock: str) -> dict[str, object]:
-        client = QMPClient("viommu-oracle")
-        for _ in range(500):
-            if os.path.exists(sock):
+        # The socket file appears at bind(), before QEMU listens and greets: retry
+        # the whole handshake until it answers.
+        for _ in range(250):
+            client = QMPClient("viommu-oracle")
+            try:
+                await client.connect(sock)
                 break
-            await asyncio.sleep(0.02)
+            except (OSError, EOFError, QMPError):
+                await asyncio.sleep(0.02)
         else:
-            raise RuntimeError(f"QEMU never opened its QMP socket for {device!r}")
-        await client.connect(sock)
+            raise RuntimeError(f"QEMU never answered on its QMP socket for {device!r}")
         out: dict[str, object] = {}
         for prop in props:
             out[prop] = await client.execute(
                 "qom-get", {"path": f"/machine/peripheral/{ident}", "property": prop}
             )
-        await client.execute("quit")
-        await client.disconnect()
+        try:
+            await client.execute("quit")
+            await client.disconnect()
+        except (EOFError, QMPError):
+            pass  # QEMU may close the socket before it answers "quit"
         return out
 
     with tempfile.TemporaryDirectory() as tmp:
