@@ -124,10 +124,10 @@ def _companions(argv: Sequence[str], drop: set[int]) -> set[int]:
 def shell_join(argv: Sequence[str]) -> str:
     """Shell text for ``argv``, one option (with its value) per line, lines joined by ``\\``."""
     lines: list[list[str]] = []
-    for n, word in enumerate(argv):
-        starts_line = (not lines or word.startswith("-") or is_env_assignment(word)
-                       or (n > 0 and is_env_assignment(argv[n - 1])))
-        if starts_line or len(lines[-1]) >= 2:
+    options = False  # env assignments and the program name come before the first option
+    for word in argv:
+        options = options or word.startswith("-")
+        if not lines or word.startswith("-") or not options or len(lines[-1]) >= 2:
             lines.append([word])
         else:
             lines[-1].append(word)
