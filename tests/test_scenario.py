@@ -157,3 +157,25 @@ def test_toml_syntax_error_and_missing_file(tmp_path: Path) -> None:
     out = run_cli("simulate", str(tmp_path / "missing.toml"))
     assert out.returncode == 2 and "cannot read scenario" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_virtio_granule_frozen_before_a_hotplug() -> None:
+    """Brief §4.2: mask 0xffffffffffff0000 (granule=64k) overlaps a 4K|2M|1G host, but the frozen
+    64K granule is not among the host's page sizes: "<name>: virtio-iommu does not support frozen
+    granule 0x10000"."""
+    sim = simulate(load_scenario(EXAMPLES / "virtio-page-size.toml"))
+    hot = sim.trace[-1]
+    assert (hot.event, hot.accepted, hot.code) == ("hotplug", False, "frozen-granule-unsupported")
+    assert hot.message == (
+        "vfio 0000:18:00.1: Failed to set vIOMMU: 0000:18:00.1: virtio-iommu does not support frozen "
+        "granule 0x10000"
+    )
+    assert hot.state["page_size_mask"] == "0xffffffffffff0000"
+
+
+def test_virtio_tells_the_guest_about_the_hypertransport_hole() -> None:
+    sim = simulate(load_scenario(EXAMPLES / "reserved-region-virtio.toml"))
+    hole, above = sim.trace[-2], sim.trace[-1]
+    assert hole.code == "guest-map-illegal" and "0xfd00000000-0xffffffffff" in (hole.message or "")
+    assert above.accepted
+    assert not sim.refused
