@@ -17,8 +17,10 @@ not what that table says). ``accel=off`` (the emulated SMMUv3) has no
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from viommu.dma import GuestView
@@ -205,6 +207,7 @@ class SMMUv3(VIOMMU):
         self.config = cfg
         self.fields = init_id_regs(cfg)
         self.auto_finalised = False
+        self._mine_cache: Mapping[str, Mapping[str, int]] | None = None
         self._devices: dict[PciAddr, HostIOMMUDevice] = {}
 
     # -- registers --
@@ -212,9 +215,16 @@ class SMMUv3(VIOMMU):
     def idr(self, name: str) -> int:
         return _TABLES[name].encode(self.fields[name])
 
-    def _host_fields(self, hiod: HostIOMMUDevice) -> dict[str, Mapping[str, int]]:
+    def _host_fields(self, hiod: HostIOMMUDevice) -> Mapping[str, Mapping[str, int]]:
         regs = hiod.caps.registers
-        return {k: _TABLES[k].decode(regs.get(k, 0)).fields for k in _TABLES}
+        return _decoded(tuple(regs.get(k, 0) for k in _TABLES))
+
+    def _mine(self) -> Mapping[str, Mapping[str, int]]:
+        """The vSMMU's fields as the guest reads them (re-encoded, as QEMU compares registers);
+        computed again only after ``auto`` values were resolved."""
+        if self._mine_cache is None:
+            self._mine_cache = _decoded(tuple(self.idr(k) for k in _TABLES))
+        return self._mine_cache
 
     # -- host devices --
 
@@ -255,10 +265,11 @@ class SMMUv3(VIOMMU):
         if self.config.ssidsize is None:
             self.fields["idr1"]["SSIDSIZE"] = host["idr1"]["SSIDSIZE"]
         self.auto_finalised = True
+        self._mine_cache = None
 
     def _check(self, host: Mapping[str, Mapping[str, int]]) -> None:
         """``smmuv3_accel_check_hw_compatible``, field by field in QEMU's order."""
-        mine = {k: _TABLES[k].decode(self.idr(k)).fields for k in _TABLES}
+        mine = self._mine()
 
         def h(reg: str, name: str) -> int:
             return host[reg][name]
@@ -324,7 +335,7 @@ class SMMUv3(VIOMMU):
         if not self.config.accel or hiod.caps.iommu_type is not IommuType.ARM_SMMUV3:
             return {}
         host = self._host_fields(hiod)
-        mine = {k: _TABLES[k].decode(self.idr(k)).fields for k in _TABLES}
+        mine = self._mine()
         out: dict[str, str] = {}
         if mine["idr3"]["RIL"] and not host["idr3"]["RIL"]:
             out["ril"] = "off"
@@ -364,7 +375,7 @@ class SMMUv3(VIOMMU):
             return [{"field": "host", "viommu": "iommufd ARM SMMUv3",
                      "host": f"{hiod.kind.value} {hiod.caps.iommu_type.value}", "ok": False}]
         host = self._host_fields(hiod)
-        mine = {k: _TABLES[k].decode(self.idr(k)).fields for k in _TABLES}
+        mine = self._mine()
         rows: list[dict[str, Any]] = []
         for reg, name, rule in (
             ("idr0", "ST_LEVEL", "eq"), ("idr0", "TTENDIAN", "le"), ("idr0", "TTF", "ge"),
@@ -385,6 +396,15 @@ class SMMUv3(VIOMMU):
             state[name] = f"0x{value:08x}"
         state["aidr"] = "0x00000001"
         return state
+
+
+@functools.lru_cache(maxsize=512)
+def _decoded(values: tuple[int, ...]) -> Mapping[str, Mapping[str, int]]:
+    """Decoded IDR fields for register values in ``_TABLES`` order (cached: decoding is the
+    costly part of a check, and the same host registers come back for every device)."""
+    return MappingProxyType(
+        {k: MappingProxyType(dict(_TABLES[k].decode(v).fields)) for k, v in zip(_TABLES, values, strict=True)}
+    )
 
 
 def _devid(hiod: HostIOMMUDevice) -> int:
