@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -24,6 +25,23 @@ COMMANDS: tuple[str, ...] = (
     "inspect",
     "snapshot",
     "profiles",
+    "check",
+    "plan",
+    "migrate_check",
+    "libvirt_hook",
+)
+
+#: Modules that register reason codes, imported by ``--explain`` so that every code is known.
+#: The models factory will offer ``registry.import_all()``; until then, the modules that exist.
+REASON_MODULES: tuple[str, ...] = (
+    "viommu.models.qdev",
+    "viommu.models.intel",
+    "viommu.models.virtio",
+    "viommu.models.smmuv3",
+    "viommu.dma",
+    "viommu.machine",
+    "viommu.preflight",
+    "viommu.frontends",
 )
 
 
@@ -44,17 +62,64 @@ def build_parser() -> argparse.ArgumentParser:
         description="Host IOMMU / virtual IOMMU capability framework for VFIO passthrough.",
     )
     parser.add_argument("--version", action="version", version=f"viommu {__version__}")
+    parser.add_argument(
+        "--explain", metavar="CODE", help="explain a reason code ('--explain list' lists them all)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
     for name in COMMANDS:
         module = importlib.import_module(f"viommu.commands.{name}")
         module.register(sub)
     return parser
 
 
+def import_reason_modules() -> None:
+    """Import every module that registers reason codes (``--explain`` must know them all)."""
+    from viommu.models import registry
+
+    import_all = getattr(registry, "import_all", None)
+    if callable(import_all):
+        import_all()
+    for name in REASON_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a module that exists but fails to import is a bug: say so
+                raise
+
+
+def explain(code: str) -> int:
+    """``viommu --explain CODE`` / ``--explain list``."""
+    from viommu.reasons import REASONS
+
+    import_reason_modules()
+    if code == "list":
+        width = max(len(c) for c in REASONS)
+        for name in sorted(REASONS):
+            first = REASONS[name].split(". ")[0].rstrip(".")
+            sys.stdout.write(f"{name.ljust(width)}  {first}.\n")
+        return 0
+    text = REASONS.get(code)
+    if text is None:
+        sys.stderr.write(f"viommu: --explain: unknown reason code {code!r} (see 'viommu --explain list')\n")
+        return EXIT_INPUT
+    sys.stdout.write(f"{code}\n\n{textwrap.fill(text, width=88)}\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    # A QEMU command line after "--" is the VM itself: argparse must not see its options.
+    qemu_argv: list[str] = []
+    if "--" in words:
+        cut = words.index("--")
+        words, qemu_argv = words[:cut], words[cut + 1 :]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
+    args.qemu_argv = qemu_argv
+    if args.explain is not None:
+        return explain(args.explain)
+    if args.command is None:
+        parser.error("a command is required (see 'viommu --help')")
     handler: Handler = args.handler
     try:
         return handler(args)
