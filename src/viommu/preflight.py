@@ -18,10 +18,12 @@ GiB boundary above RAM (and above the hotplug memory region with ``maxmem``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from viommu.errors import InputError
 from viommu.host.caps import ResvType, aw_bits_of
 from viommu.host.inventory import HostInventory
 from viommu.machine import (
@@ -118,6 +120,12 @@ INPUT_NOT_MODELLED = register(
     "A part of the VM definition was read but is not modelled by viommu; the check ignores it, "
     "so the verdict does not account for it.",
 )
+PHYS_BITS_TOO_LOW = register(
+    "phys-bits-too-low",
+    "QEMU (7.1 and later) refuses to start a PC machine whose highest used guest-physical address "
+    "(the end of the 64-bit PCI hole above RAM) does not fit in the CPU's phys-bits: \"Address "
+    "space limit ... < ... phys-bits too low\". Raise phys-bits, or lower RAM or pci-hole64-size.",
+)
 HOST_DEVICE_MISSING = register(
     "host-device-missing",
     "The VM assigns a host PCI address at which this host has no assignable device (absent, or "
@@ -134,10 +142,13 @@ class Finding:
     fix: str
     device: str | None = None
     values: Mapping[str, Any] = field(default_factory=dict)
+    #: QEMU itself refuses to start (not only a later DMA failure).
+    fatal: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
             "code": self.code,
+            "fatal": self.fatal,
             "device": self.device,
             "message": self.message,
             "values": dict(self.values),
@@ -325,7 +336,8 @@ class CheckReport:
     def starts(self) -> bool:
         """Whether QEMU would start the VM: every device accepted and machine-done passed."""
         done = self.machine_done is None or self.machine_done.accepted
-        return done and all(d.accepted for d in self.devices)
+        fatal = any(w.fatal for w in self.warnings)
+        return done and not fatal and all(d.accepted for d in self.devices)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -359,12 +371,19 @@ def _present(vm: VMConfig, host: HostInventory) -> tuple[list[VfioDev], list[Vfi
 
 
 def _missing_decision(dev: VfioDev, host: HostInventory, event: str) -> Decision:
-    known = ", ".join(d.name for d in host.devices) or "none"
     return Decision(
         event, dev.label, False, HOST_DEVICE_MISSING,
-        f"no assignable device {dev.host} on {host_label(host)} (devices: {known})",
-        {"host": dev.host},
+        f"no assignable device {dev.host} on {host_label(host)} (see 'viommu inspect')",
+        {"host": dev.host,
+         "comparison": [{"field": "host device", "viommu": "-", "host": "absent", "ok": False}]},
     )
+
+
+def machine_type(vm: VMConfig) -> str | None:
+    """The machine type as upstream QEMU names it: Proxmox's ``q35+pve0`` is its ``q35``."""
+    if vm.machine is None:
+        return None
+    return re.sub(r"\+pve\d+$", "", vm.machine)
 
 
 def _no_viommu(dev: VfioDev, event: str) -> Decision:
@@ -380,7 +399,7 @@ def _hotplug_trial(
     """A fresh machine with ``others`` cold-plugged, machine-done, then ``dev`` hotplugged."""
     assert vm.viommu is not None
     pool = [(d, host) for d in [*others, dev]]
-    machine = Machine(vm.viommu, version=version, policy=policy, machine_type=vm.machine,
+    machine = Machine(vm.viommu, version=version, policy=policy, machine_type=machine_type(vm),
                       pool=pool, where=vm.viommu_where or None)
     for other in others:
         machine.cold_plug(other, host)
@@ -408,15 +427,16 @@ def check_vm(
                          "into every device's host IOMMU at IOVA = GPA")
         for dev in vm.vfio:
             if dev in missing:
-                devices.append(DeviceReport(dev.label, dev.host, dev.backend,
-                                            _missing_decision(dev, host, "cold-plug"),
-                                            _missing_decision(dev, host, "hotplug")))
+                gone = _missing_decision(dev, host, "cold-plug")
+                devices.append(DeviceReport(dev.label, dev.host, dev.backend, gone,
+                                            _missing_decision(dev, host, "hotplug"),
+                                            tuple(gone.detail["comparison"])))
             else:
                 devices.append(DeviceReport(dev.label, dev.host, dev.backend,
                                             _no_viommu(dev, "cold-plug"), _no_viommu(dev, "hotplug")))
     else:
         pool = [(d, host) for d in present]
-        machine = Machine(vm.viommu, version=version, policy=policy, machine_type=vm.machine,
+        machine = Machine(vm.viommu, version=version, policy=policy, machine_type=machine_type(vm),
                           pool=pool, where=vm.viommu_where or None)
         realized = str(machine.spec)
         cold: dict[str, Decision] = {}
@@ -430,7 +450,8 @@ def check_vm(
             decision = cold[dev.label]
             if dev in missing:
                 devices.append(DeviceReport(dev.label, dev.host, dev.backend, decision,
-                                            _missing_decision(dev, host, "hotplug")))
+                                            _missing_decision(dev, host, "hotplug"),
+                                            tuple(decision.detail["comparison"])))
                 continue
             plugged = machine.devices.get(dev.label)
             if plugged is not None:
@@ -466,7 +487,7 @@ def _fix(vm: VMConfig, spec: DeviceSpec, dev: VfioDev, host: HostInventory, vers
     from viommu.errors import Refusal
 
     try:
-        plan = plan_properties(spec, version, [(dev, host)], machine_type=vm.machine)
+        plan = plan_properties(spec, version, [(dev, host)], machine_type=machine_type(vm))
     except Refusal as exc:
         return f"no {spec.driver} setting fits: {exc.message}"
     current = {**_viommu_model(replace(vm, viommu=spec), version).explicit(), **spec.props}
@@ -480,8 +501,8 @@ def _layout(vm: VMConfig) -> tuple[GuestLayout | None, list[str]]:
     from viommu.models.qdev import resolve_machine
 
     try:
-        family = resolve_machine(vm.machine, _LAYOUT_VERSION).family
-    except Exception:  # an unknown machine type: the model reports it where it matters
+        family: str | None = resolve_machine(machine_type(vm), _LAYOUT_VERSION).family
+    except InputError:  # an unknown machine type: the vIOMMU model reports it where it matters
         family = None
     if family != "q35":
         return None, [f"guest memory map not modelled for machine {vm.machine or 'default'!r} (q35 only)"]
@@ -499,8 +520,9 @@ def _warnings(
     out: list[Finding] = []
     out.extend(_required_properties(vm, present, version))
     if layout is not None:
+        out.extend(_phys_bits_too_low(layout))
         out.extend(_width_findings(vm, host, present, layout, version))
-        out.extend(_reserved_findings(host, present, layout))
+        out.extend(_reserved_findings(vm, host, present, layout))
     out.extend(_group_findings(vm, host, present))
     for part in vm.unsupported:
         out.append(Finding(INPUT_NOT_MODELLED, f"not modelled: {part.what}", "check this part by hand",
@@ -512,7 +534,7 @@ def _viommu_model(vm: VMConfig, version: QemuVersion) -> Any:
     from viommu.machine import create_viommu
 
     assert vm.viommu is not None
-    return create_viommu(vm.viommu, version, machine_type=vm.machine, where=vm.viommu_where or None)
+    return create_viommu(vm.viommu, version, machine_type=machine_type(vm), where=vm.viommu_where or None)
 
 
 def _required_properties(vm: VMConfig, present: Sequence[VfioDev], version: QemuVersion) -> list[Finding]:
@@ -590,7 +612,27 @@ def _width_findings(
     return out
 
 
-def _reserved_findings(host: HostInventory, present: Sequence[VfioDev], layout: GuestLayout) -> list[Finding]:
+def _phys_bits_too_low(layout: GuestLayout) -> list[Finding]:
+    """``pc_memory_init``: ``pc_max_used_gpa`` (the 64-bit hole's last byte) must fit phys-bits."""
+    if layout.phys_bits is None or layout.phys_bits <= 32:
+        return []
+    max_used = layout.hole64[1]
+    max_phys = (1 << layout.phys_bits) - 1
+    if max_phys >= max_used:
+        return []
+    need = max_used.bit_length()
+    return [Finding(
+        PHYS_BITS_TOO_LOW,
+        f"Address space limit 0x{max_phys:x} < 0x{max_used:x} phys-bits too low ({layout.phys_bits})",
+        f"give the guest phys-bits={need} or more (-cpu ...,phys-bits={need}), or less RAM",
+        values={"phys_bits": layout.phys_bits, "max_used_gpa": _hex(max_used), "needed_bits": need},
+        fatal=True,
+    )]
+
+
+def _reserved_findings(
+    vm: VMConfig, host: HostInventory, present: Sequence[VfioDev], layout: GuestLayout
+) -> list[Finding]:
     out = []
     spans = [("guest RAM", a, b) for a, b in layout.ram_ranges()]
     spans.append(("64-bit PCI hole", *layout.hole64))
@@ -601,10 +643,16 @@ def _reserved_findings(host: HostInventory, present: Sequence[VfioDev], layout: 
                 continue
             for what, start, last in spans:
                 if start <= region.last and region.start <= last:
+                    ht = region.start == AMD_HT_START and region.last == AMD_HT_END
+                    caveat = ""
+                    if ht and _relocates(vm):
+                        caveat = (" (unless the guest CPU model is AMD: QEMU then moves RAM above 4 GiB "
+                                  "to 1 TiB; the VM description does not say which CPU vendor it has)")
                     out.append(Finding(
                         RAM_OVERLAPS_RESERVED,
                         f"{what} {_hex(start)}-{_hex(last)} overlaps host reserved region "
-                        f"{_hex(region.start)}-{_hex(region.last)} ({region.type.value}) of {dev.host}",
+                        f"{_hex(region.start)}-{_hex(region.last)} ({region.type.value}) of {dev.host}"
+                        + caveat,
                         _reserved_fix(region.start, region.last, what),
                         device=dev.label,
                         values={"guest": [_hex(start), _hex(last)], "what": what,
@@ -614,8 +662,24 @@ def _reserved_findings(host: HostInventory, present: Sequence[VfioDev], layout: 
     return out
 
 
+#: The AMD HyperTransport window (``AMD_HT_START``/``AMD_HT_END`` in hw/i386/pc.c).
+AMD_HT_START, AMD_HT_END = 0xFD_0000_0000, 0xFF_FFFF_FFFF
+
+
+def _relocates(vm: VMConfig) -> bool:
+    """Whether ``pc_memory_init`` would move RAM to 1 TiB for an AMD guest CPU: machine types
+    7.1 and later (``enforce_amd_1tb_hole``, off for pc-q35-7.0 and older)."""
+    from viommu.models.qdev import resolve_machine
+
+    try:
+        version = resolve_machine(machine_type(vm), _LAYOUT_VERSION).version
+    except InputError:
+        return True
+    return version is None or version[:2] >= (7, 1)
+
+
 def _reserved_fix(start: int, last: int, what: str) -> str:
-    if start == 0xFD_0000_0000 and last == 0xFF_FFFF_FFFF:
+    if start == AMD_HT_START and last == AMD_HT_END:
         return ("AMD HyperTransport hole: use an AMD guest CPU model on machine type >= 7.1 with phys-bits "
                 "> 40 (QEMU then starts RAM above 4 GiB at 1 TiB), or keep RAM plus the 64-bit hole below "
                 "0xfd00000000")
@@ -738,7 +802,7 @@ def plan_vm(vm: VMConfig, hosts: Sequence[HostInventory], *, version: QemuVersio
             return PlanReport(describe_vm(vm), described, version, None, bad.code, bad.message)
         pool.extend((d, host) for d in present)
     try:
-        plan = plan_properties(vm.viommu, version, pool, machine_type=vm.machine)
+        plan = plan_properties(vm.viommu, version, pool, machine_type=machine_type(vm))
     except Refusal as exc:
         return PlanReport(describe_vm(vm), described, version, None, exc.code, exc.message)
     planned = _with_viommu(vm, plan.spec)
@@ -808,7 +872,7 @@ def migrate_vm(
     decision: Decision | None = None
     if source_check.starts and vm.viommu is not None:
         present, _ = _present(vm, source)
-        machine = Machine(vm.viommu, version=version, machine_type=vm.machine,
+        machine = Machine(vm.viommu, version=version, machine_type=machine_type(vm),
                           where=vm.viommu_where or None)
         for dev in present:
             machine.cold_plug(dev, source)
