@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import textwrap
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -56,7 +55,22 @@ class _Parser(argparse.ArgumentParser):
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _wanted(words: Sequence[str]) -> str | None:
+    """The command module ``words`` invoke (the first word that is not an option), if it is one."""
+    for word in words:
+        if word.startswith("-"):
+            if word in ("-h", "--help", "--explain"):
+                return None
+            continue
+        name = word.replace("-", "_")
+        return name if name in COMMANDS else None
+    return None
+
+
+def build_parser(words: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given the command line, only the invoked command's module is imported and
+    registered (startup time: ``viommu check`` must not pay for every other command)."""
+    only = _wanted(words) if words is not None else None
     parser = _Parser(
         prog="viommu",
         description="Host IOMMU / virtual IOMMU capability framework for VFIO passthrough.",
@@ -66,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--explain", metavar="CODE", help="explain a reason code ('--explain list' lists them all)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         module = importlib.import_module(f"viommu.commands.{name}")
         module.register(sub)
     return parser
@@ -102,6 +116,8 @@ def explain(code: str) -> int:
     if text is None:
         sys.stderr.write(f"viommu: --explain: unknown reason code {code!r} (see 'viommu --explain list')\n")
         return EXIT_INPUT
+    import textwrap
+
     sys.stdout.write(f"{code}\n\n{textwrap.fill(text, width=88)}\n")
     return 0
 
@@ -113,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in words:
         cut = words.index("--")
         words, qemu_argv = words[:cut], words[cut + 1 :]
-    parser = build_parser()
+    parser = build_parser(words)
     args = parser.parse_args(words)
     args.qemu_argv = qemu_argv
     if args.explain is not None:

@@ -6,8 +6,8 @@ Nothing heavy is imported at module level: ``viommu check`` must start fast.
 from __future__ import annotations
 
 import argparse
+import os.path
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def load_host(spec: str, *, where: str = "--host") -> HostInventory:
     from viommu.errors import InputError
     from viommu.host.discover import discover
 
-    if Path(spec).exists():
+    if os.path.exists(spec):
         return discover(root=spec)
     from viommu.host.profiles import load_profile, profile_names
 
