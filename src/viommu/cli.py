@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "inspect",
     "snapshot",
     "profiles",
+    "hotplug",
 )
 
 
