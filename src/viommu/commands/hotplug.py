@@ -57,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
         inventory = discover("snapshot", root=args.snapshot)
     else:
         inventory = discover(args.backend, root=args.root, profile=args.profile)
-    inventory.device(host)  # a device the host does not have is bad input, before QMP
+    try:
+        inventory.device(host)  # a device the host does not have is bad input, before QMP
+    except InputError as exc:
+        raise InputError(exc.message, where="--host") from None
     request = HotplugRequest(host=host, id=args.id, iommufd=args.iommufd, bus=args.bus)
     result = guarded_hotplug(args.qmp, request, inventory, dry_run=args.dry_run, timeout=args.timeout)
     if args.json:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Mapping
@@ -279,7 +280,10 @@ def normalize_bdf(text: str, *, where: str = "--host") -> str:
     bdf = text.strip().lower()
     if bdf.count(":") == 1:
         bdf = f"0000:{bdf}"
-    return check_bdf(bdf, where=where)
+    try:
+        return check_bdf(bdf, where=where)
+    except InputError:
+        raise InputError(f"{text!r} is not a PCI address [DDDD:]BB:DD.F", where=where) from None
 
 
 def build_machine(vm: VMState) -> Machine:
@@ -353,6 +357,12 @@ def decide(vm: VMState, request: HotplugRequest, inventory: HostInventory) -> tu
 
 
 # --- QMP -------------------------------------------------------------------------------------------
+
+
+def one_line(text: object, limit: int = 240) -> str:
+    """An exception's text as one line (qemu.qmp's greeting errors span several)."""
+    flat = "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def _prop_text(path: str, name: str, value: Any) -> str:
@@ -446,6 +456,11 @@ class QmpGuard:
             raise self._fail(QMP_UNREACHABLE, f"cannot stat the socket: {exc.strerror}") from None
         if not stat.S_ISSOCK(mode):
             raise self._fail(QMP_UNREACHABLE, "not a unix socket")
+        # qemu.qmp logs each failure at ERROR level; without a handler Python's last-resort
+        # handler would print those multi-line records next to our one-line error.
+        logger = logging.getLogger("qemu.qmp")
+        if not logger.handlers:
+            logger.addHandler(logging.NullHandler())
         client = QMPClient("viommu-hotplug")
         try:
             await asyncio.wait_for(client.connect(self.socket), self.timeout)
@@ -461,7 +476,7 @@ class QmpGuard:
                 raise self._fail(QMP_UNREACHABLE, "connection refused (nothing listens on it)") from None
             if isinstance(cause, OSError):
                 raise self._fail(QMP_UNREACHABLE, f"cannot connect: {cause.strerror or cause}") from None
-            raise self._fail(QMP_NOT_QMP, f"not a QMP socket: {exc}") from None
+            raise self._fail(QMP_NOT_QMP, f"not a QMP socket: {one_line(exc)}") from None
         return client
 
     @staticmethod
@@ -484,7 +499,7 @@ class QmpGuard:
         except TimeoutError:
             raise self._fail(QMP_TIMEOUT, f"no reply to {cmd} within {self.timeout:g} s") from None
         except (QMPError, OSError, EOFError) as exc:
-            detail = str(exc) or type(exc).__name__
+            detail = one_line(exc) or type(exc).__name__
             raise self._fail(QMP_DISCONNECTED, f"QEMU closed the QMP connection during {cmd} "
                              f"({detail})") from None
 
@@ -496,7 +511,7 @@ class QmpGuard:
             return await self._execute(cmd, args)
         except ExecuteError as exc:
             what = f"{cmd} {dict(args)}" if args else cmd
-            raise self._fail(QMP_COMMAND_FAILED, f"{what} failed: {exc}") from None
+            raise self._fail(QMP_COMMAND_FAILED, f"{what} failed: {one_line(exc)}") from None
 
     async def _qom_get(self, path: str, name: str, *, code: str = QMP_COMMAND_FAILED) -> Any:
         from qemu.qmp import ExecuteError
@@ -504,7 +519,7 @@ class QmpGuard:
         try:
             return await self._execute("qom-get", {"path": path, "property": name})
         except ExecuteError as exc:
-            raise self._fail(code, f"cannot read property {name!r} of {path}: {exc}") from None
+            raise self._fail(code, f"cannot read property {name!r} of {path}: {one_line(exc)}") from None
 
     async def _children(self, path: str) -> list[tuple[str, str]]:
         reply = await self._query("qom-list", {"path": path})
@@ -594,7 +609,7 @@ class QmpGuard:
             try:
                 result.reply = await self._execute("device_add", args)
             except ExecuteError as exc:
-                result.qemu_error = str(exc)
+                result.qemu_error = one_line(exc)
             except QmpError as exc:
                 raise self._fail(DEVICE_ADD_UNCONFIRMED, f"device_add was sent, but {exc.message}; "
                                  "whether the device was added is unknown") from None
