@@ -152,10 +152,68 @@ def read_vtd_regs(device: str, *, machine: str = "q35") -> tuple[int, int] | str
     return out.cap, out.ecap
 
 
-def run_many(cases: Iterable[tuple[str, Sequence[str]]], *, workers: int = 2) -> list[Outcome]:
+def run_many(
+    cases: Iterable[tuple[str, Sequence[str]]],
+    *,
+    workers: int = 2,
+    reads: Iterable[int] = (VTD_CAP, VTD_ECAP),
+) -> list[Outcome]:
     """:func:`run_machine` for each ``(machine, devices)``, ``workers`` QEMU processes at a time.
 
-    Results come back in the order of ``cases``.
+    Results come back in the order of ``cases``; ``reads=()`` only asks whether QEMU starts.
     """
+    addrs = tuple(reads)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda case: run_machine(case[1], machine=case[0]), cases))
+        return list(pool.map(lambda case: run_machine(case[1], machine=case[0], reads=addrs), cases))
+
+
+def qom_get(device: str, props: Sequence[str], *, machine: str = "q35") -> dict[str, object]:
+    """Realize ``device`` (which must carry ``id=``) on a paused machine and read ``props``
+    with QMP ``qom-get`` on ``/machine/peripheral/<id>``: the values after machine compat."""
+    import asyncio
+    import os
+    import tempfile
+
+    from qemu.qmp import QMPClient, QMPError
+
+    ident = dict(p.partition("=")[::2] for p in device.split(",")[1:]).get("id")
+    if not ident:
+        raise ValueError(f"{device!r} needs an id= to be found over QMP")
+
+    async def ask(sock: str) -> dict[str, object]:
+        # The socket file appears at bind(), before QEMU listens and greets: retry
+        # the whole handshake until it answers.
+        for _ in range(250):
+            client = QMPClient("viommu-oracle")
+            try:
+                await client.connect(sock)
+                break
+            except (OSError, EOFError, QMPError):
+                await asyncio.sleep(0.02)
+        else:
+            raise RuntimeError(f"QEMU never answered on its QMP socket for {device!r}")
+        out: dict[str, object] = {}
+        for prop in props:
+            out[prop] = await client.execute(
+                "qom-get", {"path": f"/machine/peripheral/{ident}", "property": prop}
+            )
+        try:
+            await client.execute("quit")
+            await client.disconnect()
+        except (EOFError, QMPError):
+            pass  # QEMU may close the socket before it answers "quit"
+        return out
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sock = os.path.join(tmp, "qmp.sock")
+        argv = [_binary(), "-M", machine, "-accel", "tcg", "-S", "-display", "none", "-nodefaults",
+                "-qmp", f"unix:{sock},server=on,wait=off", "-device", device]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            return asyncio.run(ask(sock))
+        finally:
+            try:
+                proc.wait(timeout=_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -98,9 +98,22 @@ class PropKind(enum.Enum):
     ON_OFF_AUTO = "OnOffAuto"
     UINT8 = "uint8"
     UINT32 = "uint32"
+    INT32 = "int32"
+    #: A QAPI enum (virtio-iommu's GranuleMode): one of ``PropSpec.choices``, exactly.
+    ENUM = "enum"
+    #: Free text (romfile, failover_pair_id): any value parses.
+    STR = "str"
+    #: qemu_strtosz: a number with an optional B/K/M/G/T/P/E suffix.
+    SIZE = "size"
+    #: A PCI ``slot[.function]`` in hex (``addr=``).
+    PCI_DEVFN = "pci-devfn"
+    #: A link to another object, named by id or path; ``choices`` are the names that resolve.
+    LINK = "link"
+    #: An array property: a key=value string can never set it (only JSON ``-device`` can).
+    ARRAY = "array"
 
 
-PropValue = bool | int | OnOffAuto
+PropValue = bool | int | str | OnOffAuto
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,7 @@ class PropSpec:
     name: str
     kind: PropKind
     default: PropValue
+    choices: tuple[str, ...] = ()
 
 
 _TRUE = ("on", "yes", "true", "y")
@@ -169,11 +183,87 @@ def parse_uint(name: str, text: str, bits: int) -> int:
     return value
 
 
-def parse_value(spec: PropSpec, text: str) -> PropValue:
+def parse_int32(name: str, text: str) -> int:
+    """``qemu_strtoi64`` (base 0) then the int32 range check."""
+    m = _STRTOU64.fullmatch(text)
+    magnitude = strtou64(text.replace("-", "", 1)) if m is not None else None
+    if m is None or magnitude is None:
+        raise DeviceConfigError(INVALID_PROPERTY, f"Parameter '{name}' expects integer")
+    value = -magnitude if m.group(1) == "-" else magnitude
+    if not -(1 << 63) <= value < (1 << 63):
+        raise DeviceConfigError(INVALID_PROPERTY, f"Parameter '{name}' expects integer")
+    if not -(1 << 31) <= value < (1 << 31):
+        raise DeviceConfigError(INVALID_PROPERTY, f"Parameter '{name}' expects int32_t")
+    return value
+
+
+_SIZE = re.compile(r"(0[xX][0-9a-fA-F]+|[0-9]+(?:\.[0-9]+)?)([bBkKmMgGtTpPeE]?)")
+_SIZE_SHIFT = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
+
+
+def parse_size(name: str, text: str) -> int:
+    """``qemu_strtosz``: decimal (fractions allowed with a suffix) or hex bytes, K = 1024."""
+    m = _SIZE.fullmatch(text)
+    if m is None or (m.group(1)[:2].lower() == "0x" and m.group(2)):
+        raise DeviceConfigError(INVALID_PROPERTY, f"Parameter '{name}' expects size")
+    number, suffix = m.groups()
+    shift = _SIZE_SHIFT[suffix.lower()]
+    if number[:2].lower() == "0x":
+        value = int(number, 16)
+    elif "." in number:
+        if not suffix:
+            raise DeviceConfigError(INVALID_PROPERTY, f"Parameter '{name}' expects size")
+        whole, frac = number.split(".")
+        value = int(whole) << shift
+        value += (int(frac) << shift) // 10 ** len(frac)
+        shift = 0
+    else:
+        value = int(number)
+    value <<= shift
+    if value > _U64_MAX:
+        raise DeviceConfigError(INVALID_PROPERTY, f"Parameter '{name}' expects size")
+    return value
+
+
+_DEVFN = re.compile(r"((?:0[xX])?[0-9a-fA-F]+)(?:\.((?:0[xX])?[0-9a-fA-F]+))?")
+
+
+def parse_pci_devfn(driver: str, name: str, text: str) -> int:
+    """``set_pci_devfn``: ``slot[.fn]`` in hex, slot <= 0x1f, fn <= 7 (sscanf ``%x.%x``)."""
+    m = _DEVFN.fullmatch(text)
+    if m is not None:
+        slot = int(m.group(1), 16)
+        fn = int(m.group(2), 16) if m.group(2) is not None else 0
+        if slot <= 0x1F and fn <= 7:
+            return slot << 3 | fn
+    raise DeviceConfigError(INVALID_PROPERTY, f"Property '{driver}.{name}' doesn't take value '{text}'")
+
+
+def parse_value(spec: PropSpec, text: str, *, driver: str = "") -> PropValue:
     if spec.kind is PropKind.BOOL:
         return parse_bool(spec.name, text)
     if spec.kind is PropKind.ON_OFF_AUTO:
         return parse_on_off_auto(spec.name, text)
+    if spec.kind is PropKind.ENUM:
+        if text in spec.choices:
+            return text
+        raise DeviceConfigError(INVALID_PROPERTY, f"Parameter '{spec.name}' does not accept value '{text}'")
+    if spec.kind is PropKind.STR:
+        return text
+    if spec.kind is PropKind.INT32:
+        return parse_int32(spec.name, text)
+    if spec.kind is PropKind.SIZE:
+        return parse_size(spec.name, text)
+    if spec.kind is PropKind.PCI_DEVFN:
+        return parse_pci_devfn(driver, spec.name, text)
+    if spec.kind is PropKind.LINK:
+        if text in spec.choices:
+            return text
+        raise DeviceConfigError(INVALID_PROPERTY, f"Device '{text}' not found")
+    if spec.kind is PropKind.ARRAY:
+        raise DeviceConfigError(
+            INVALID_PROPERTY, f"Invalid parameter type for '{spec.name}', expected: array"
+        )
     return parse_uint(spec.name, text, _UINT_BITS[spec.kind])
 
 
@@ -212,20 +302,31 @@ def set_properties(
     props: Mapping[str, str],
     *,
     where: str | None,
+    read_only: Mapping[str, str] | None = None,
+    realized_crash: str | None = None,
 ) -> dict[str, PropValue]:
-    """Apply ``props`` over ``defaults`` the way qdev does; the first error raises."""
+    """Apply ``props`` over ``defaults`` the way qdev does; the first error raises.
+
+    ``read_only`` maps further unsettable properties to the type that owns
+    them (a virtio proxy forwards its backend's: ``virtio-iommu-device``);
+    ``realized_crash`` is the text for ``realized=on`` when QEMU does not
+    abort on the intel-style assertion.
+    """
     values = dict(defaults)
+    extra_ro = read_only or {}
     for key in qdict_order(k for k in props if k not in CONSUMED):
         text = props[key]
-        if key in READ_ONLY:
+        if key in READ_ONLY or key in extra_ro:
+            owner = extra_ro.get(key, driver)
             raise DeviceConfigError(
-                READ_ONLY_PROPERTY, f"Property '{driver}.{key}' is not writable", where=where
+                READ_ONLY_PROPERTY, f"Property '{owner}.{key}' is not writable", where=where
             )
         if key == "realized":
             if parse_bool_at(key, text, where=where):
                 raise DeviceConfigError(
                     QEMU_ASSERTION,
-                    "hw/core/qdev.c:266: qdev_realize: "
+                    realized_crash
+                    or "hw/core/qdev.c:266: qdev_realize: "
                     "Assertion `!dev->realized && !dev->parent_bus' failed.",
                     where=None,
                 )
@@ -234,7 +335,7 @@ def set_properties(
         if spec is None:
             raise DeviceConfigError(UNKNOWN_PROPERTY, f"Property '{driver}.{key}' not found", where=where)
         try:
-            values[key] = parse_value(spec, text)
+            values[key] = parse_value(spec, text, driver=driver)
         except DeviceConfigError as exc:
             raise DeviceConfigError(exc.code, exc.message, where=where) from None
     return values
