@@ -119,6 +119,14 @@ def start_vm(qemu_binary: Any) -> Iterator[Any]:
                 why = proc.stderr.read().decode() if proc.stderr else ""
                 raise RuntimeError(f"QEMU did not start: {why}")
             time.sleep(0.02)
+        # QEMU binds the socket file a moment before it listens: wait for a greeting.
+        while True:
+            try:
+                qmp(sock, "query-status")
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "QEMU never listened on its QMP socket"
+                time.sleep(0.02)
         if running:
             # Let the firmware number the root ports' buses, so query-pci shows what sits behind them.
             assert "return" in qmp(sock, "cont")
@@ -310,7 +318,7 @@ def test_unreadable_viommu_property_fails_closed(
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize(("viommu", "code"), [("virtio-iommu-pci", "viommu-not-modelled"),
+@pytest.mark.parametrize(("viommu", "code"), [("amd-iommu", "viommu-not-modelled"),
                                               (None, "viommu-not-found")])
 def test_unmodelled_or_missing_viommu_fails_closed(start_vm: Any, inventory: Any, viommu: str | None,
                                                    code: str) -> None:
@@ -321,6 +329,31 @@ def test_unmodelled_or_missing_viommu_fails_closed(start_vm: Any, inventory: Any
     assert info.value.code == code
     assert guard.sent == []
     assert "hostdev0" not in peripheral(vm.sock)
+
+
+@pytest.mark.qemu
+def test_virtio_iommu_fitting_device_is_added(start_vm: Any, inventory: Any) -> None:
+    vm = start_vm("virtio-iommu-pci", running=True)
+    guard = QmpGuard(vm.sock)
+    result = guard.run(HotplugRequest(BDF, id="hostdev0", bus="rp1", driver_override="edu"), inventory)
+    assert result.accepted, result.message
+    assert result.vm.viommu.driver == "virtio-iommu-pci"
+    # q35 machine types from 9.0 set aw-bits=39 (pc_q35_compat_defaults); read back from QEMU.
+    assert result.vm.viommu.props["aw-bits"] == "39"
+    assert [d.get("qdev_id") for d in pci_devices(vm.sock)].count("hostdev0") == 1
+
+
+@pytest.mark.qemu
+def test_virtio_iommu_granule_the_host_lacks_is_refused(start_vm: Any, inventory: Any) -> None:
+    vm = start_vm("virtio-iommu-pci,granule=64k")
+    before = vm.state()
+    assert not inventory.device(BDF).caps.page_size_mask & (1 << 16)  # a 4K/2M/1G VT-d host
+    guard = QmpGuard(vm.sock)
+    result = guard.run(HotplugRequest(BDF, id="hostdev0", bus="rp1", driver_override="edu"), inventory)
+    assert not result.accepted and result.code == "frozen-granule-unsupported"
+    assert result.vm.viommu.props["granule"] == "64k"
+    assert guard.sent == []
+    assert vm.state() == before
 
 
 @pytest.mark.qemu

@@ -58,6 +58,8 @@ PERIPHERAL_ANON = "/machine/peripheral-anon"
 #: Device types that are vIOMMUs (the guard refuses to guess with one it does not model).
 VIOMMU_TYPES = ("intel-iommu", "virtio-iommu-pci", "amd-iommu", "arm-smmuv3")
 VFIO_TYPES = frozenset({"vfio-pci"})
+#: virtio-iommu-pci's properties the model's guest-visible state depends on.
+VIRTIO_PROPERTIES = ("aw-bits", "boot-bypass", "granule")
 
 # --- reason codes ------------------------------------------------------------------------------
 
@@ -388,9 +390,14 @@ def _schema(driver: str, version: QemuVersion) -> Iterable[str]:
             return list(Profile.of(version).schema())
         except InputError as exc:
             raise QmpError(VIOMMU_NOT_MODELLED, exc.message) from None
+    if driver == "virtio-iommu-pci":
+        # What VirtioConfig (the guest-visible config space and the checks) is built from; the
+        # rest of the schema is PCI placement and virtio transport, which the check never reads.
+        return VIRTIO_PROPERTIES
     raise QmpError(
         VIOMMU_NOT_MODELLED,
-        f"the VM's vIOMMU is {driver}, which the guard does not model (intel-iommu only): "
+        f"the VM's vIOMMU is {driver}, which the guard does not model (intel-iommu, "
+        "virtio-iommu-pci only): "
         "refusing to hotplug unchecked",
     )
 
