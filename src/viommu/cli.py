@@ -29,6 +29,7 @@ COMMANDS: tuple[str, ...] = (
     "plan",
     "migrate_check",
     "libvirt_hook",
+    "hotplug",
 )
 
 #: Modules besides the models (``registry.import_all()``) that register reason codes,
@@ -40,6 +41,7 @@ REASON_MODULES: tuple[str, ...] = (
     "viommu.preflight",
     "viommu.frontends",
     "viommu.scenario",
+    "viommu.frontends.qmp_guard",
 )
 
 
