@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from viommu import __version__
 from viommu.errors import EXIT_INPUT, ViommuError
@@ -45,8 +45,34 @@ REASON_MODULES: tuple[str, ...] = (
 )
 
 
+def _terminal_width() -> int:
+    """argparse's own default, without importing shutil (which drags in bz2 and lzma)."""
+    import os
+
+    try:
+        columns = int(os.environ.get("COLUMNS", "0")) or os.get_terminal_size().columns
+    except (OSError, ValueError):
+        columns = 80
+    return max(columns - 2, 20)
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         width if width is not None else _terminal_width())
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line and exit 2."""
+    """argparse, but usage errors are one line and exit 2.
+
+    ``add_argument`` builds a help formatter to validate metavars: ours sizes
+    itself without shutil, which keeps ``viommu check`` quick to start.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")

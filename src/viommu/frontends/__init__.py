@@ -8,8 +8,8 @@ after ``--`` are a QEMU command line too. ``-`` reads standard input.
 
 from __future__ import annotations
 
+import re
 import sys
-import tomllib
 from collections.abc import Sequence
 
 from viommu.errors import InputError
@@ -33,11 +33,19 @@ def _read(path: str) -> str:
         raise InputError(f"not UTF-8 text (byte {exc.start})", where=path) from None
 
 
+#: What every scenario has: a ``[table]`` header or a top-level ``viommu =`` key.
+_TOML_HINT = re.compile(r"^\s*(?:\[|viommu\s*=)", re.MULTILINE)
+
+
 def detect_kind(text: str) -> str:
     """``libvirt``, ``scenario`` or ``qemu`` for a document's text."""
     if text.lstrip("\ufeff \t\r\n").startswith("<"):
         # An XML declaration and comments start with "<" as well.
         return "libvirt"
+    if not _TOML_HINT.search(text):
+        return "qemu"  # no table header and no viommu key: not worth parsing as TOML
+    import tomllib
+
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError:
