@@ -26,6 +26,7 @@ location: ``vfio 0000:01:00.0: Failed to set vIOMMU: aw-bits 48 > host aw-bits 3
 from __future__ import annotations
 
 import enum
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -507,6 +508,13 @@ class Machine:
         gone = plugged.domain.unmap(iova, size)
         return self._record("dma-unmap", label, True, detail={"unmapped": f"0x{gone:x}"})
 
+    def vmstate(self) -> str:
+        """The migration stream's vIOMMU section: the guest-visible state as JSON (intel-iommu's
+        CAP/ECAP travel in vmstate ``iommu-intel``; virtio-iommu's config is re-derived on the
+        destination, which is exactly what the comparison catches)."""
+        return json.dumps({"model": self.model.model, "qemu": str(self.version), "state": self.guest_state()},
+                          sort_keys=True)
+
     def migrate(
         self,
         dest: HostInventory,
@@ -550,7 +558,10 @@ class Machine:
                     + ([] if done.accepted else [done.to_json()])
                 },
             )
-        ours, theirs = self.guest_state(), other.guest_state()
+        # The source sends its guest-visible state; the destination compares it with the state it
+        # derived from its own command line and host devices.
+        ours = json.loads(self.vmstate())["state"]
+        theirs = other.guest_state()
         diffs = diff_state(ours, theirs)
         if diffs:
             fields = ", ".join(d["field"] for d in diffs)
