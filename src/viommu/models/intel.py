@@ -48,6 +48,7 @@ from viommu.models.qdev import (
     PropValue,
     check_id,
     check_sysbus_placement,
+    prop_text,
     resolve_machine,
     set_properties,
 )
@@ -438,14 +439,6 @@ def registers(profile: Profile, cfg: IntelConfig) -> tuple[int, int]:
 # --- the device --------------------------------------------------------------------------------
 
 
-def _prop_text(value: PropValue) -> str | int:
-    if isinstance(value, OnOffAuto):
-        return value.value
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return value
-
-
 class IntelIOMMU(VIOMMU):
     """One ``-device intel-iommu`` in a q35 machine."""
 
@@ -475,7 +468,7 @@ class IntelIOMMU(VIOMMU):
         except DeviceConfigError as exc:
             raise DeviceConfigError(exc.code, exc.message, where=where) from None
         self.irqchip = irqchip
-        self.properties = {name: _prop_text(v) for name, v in values.items()}
+        self.properties = {name: prop_text(v) for name, v in values.items()}
         self.cap, self.ecap = registers(self.profile, self.config)
         self._devices: dict[PciAddr, HostIOMMUDevice] = {}
         self.frozen = False

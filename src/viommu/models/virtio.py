@@ -46,6 +46,7 @@ from viommu.models.qdev import (
     PropSpec,
     PropValue,
     check_id,
+    prop_text,
     resolve_machine,
     set_properties,
 )
@@ -225,14 +226,6 @@ def _realize(values: Mapping[str, PropValue], machine: MachineType) -> VirtioCon
     return VirtioConfig(aw, granule, bool(values["boot-bypass"]), (X86_MSI_REGION,))
 
 
-def _prop_text(value: PropValue) -> str | int:
-    if isinstance(value, OnOffAuto):
-        return value.value
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return value
-
-
 class VirtioIOMMU(VIOMMU):
     """One ``-device virtio-iommu-pci`` in a pc or q35 machine (QEMU 9.1 and later)."""
 
@@ -273,7 +266,7 @@ class VirtioIOMMU(VIOMMU):
             self.config = _realize(values, self.machine)
         except DeviceConfigError as exc:
             raise DeviceConfigError(exc.code, exc.message, where=where) from None
-        self.properties = {name: _prop_text(v) for name, v in sorted(values.items())}
+        self.properties = {name: prop_text(v) for name, v in sorted(values.items())}
         self.page_size_mask = self.config.initial_mask
         self.bypass = self.config.boot_bypass
         self.granule_frozen = False
