@@ -82,8 +82,11 @@ def test_human_output(capsys: pytest.CaptureFixture[str]) -> None:
          "profiles: 9.1, 9.2, 10.0, 10.1, 10.2, 11.0\n"),
         (("intel-iommu", "--qemu-version", "ten"),
          "viommu regs: --qemu-version: 'ten' is not a QEMU version like 10.0\n"),
-        (("virtio-iommu-pci",),
-         "viommu regs: DEVICE: 'virtio-iommu-pci': registers are modelled for intel-iommu only\n"),
+        (("e1000e",),
+         "viommu regs: -device e1000e: 'e1000e' is not a vIOMMU that viommu models; known: "
+         "intel-iommu, virtio-iommu-pci, arm-smmuv3\n"),
+        (("virtio-iommu-pci,aw-bits=20",),
+         "viommu regs: -device virtio-iommu-pci,aw-bits=20: aw-bits must be within [32,64]\n"),
     ],
 )
 def test_refusals_exit_2_with_one_line(
@@ -122,3 +125,16 @@ def test_json_matches_qemu(capsys: pytest.CaptureFixture[str], machine: str) -> 
     assert code == 0
     data = json.loads(out)
     assert (int(data["cap"], 16), int(data["ecap"], 16)) == (qemu.cap, qemu.ecap)
+
+
+def test_virtio_config_space(capsys: pytest.CaptureFixture[str]) -> None:
+    """Brief §4.2: page_size_mask = -granule, input_range = [0, 2^aw - 1], domain_range
+    [0, UINT32_MAX], probe_size 512, bypass = boot-bypass (on); q35 machine types from 9.0
+    set aw-bits 39 (read from the 10.0 binary by tests/test_virtio_differential.py)."""
+    code, out, _ = regs(capsys, "virtio-iommu-pci,granule=64k,boot-bypass=off", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["model"] == "virtio-iommu-pci"
+    assert data["page_size_mask"] == f"0x{(1 << 64) - (1 << 16):016x}"
+    assert data["input_range"] == {"start": "0x0", "end": f"0x{(1 << 39) - 1:x}"}
+    assert data["domain_range"] == {"start": 0, "end": 2**32 - 1}
+    assert (data["probe_size"], data["bypass"]) == (512, 0)

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from viommu import __version__
 from viommu.errors import EXIT_INPUT, ViommuError
@@ -24,11 +24,55 @@ COMMANDS: tuple[str, ...] = (
     "inspect",
     "snapshot",
     "profiles",
+    "simulate",
+    "check",
+    "plan",
+    "migrate_check",
+    "libvirt_hook",
+    "hotplug",
+)
+
+#: Modules besides the models (``registry.import_all()``) that register reason codes,
+#: imported by ``--explain`` so that every code is known.
+REASON_MODULES: tuple[str, ...] = (
+    "viommu.models.qdev",
+    "viommu.dma",
+    "viommu.machine",
+    "viommu.preflight",
+    "viommu.frontends",
+    "viommu.scenario",
+    "viommu.frontends.qmp_guard",
 )
 
 
+def _terminal_width() -> int:
+    """argparse's own default, without importing shutil (which drags in bz2 and lzma)."""
+    import os
+
+    try:
+        columns = int(os.environ.get("COLUMNS", "0")) or os.get_terminal_size().columns
+    except (OSError, ValueError):
+        columns = 80
+    return max(columns - 2, 20)
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         width if width is not None else _terminal_width())
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line and exit 2."""
+    """argparse, but usage errors are one line and exit 2.
+
+    ``add_argument`` builds a help formatter to validate metavars: ours sizes
+    itself without shutil, which keeps ``viommu check`` quick to start.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
@@ -38,23 +82,81 @@ class _Parser(argparse.ArgumentParser):
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _wanted(words: Sequence[str]) -> str | None:
+    """The command module ``words`` invoke (the first word that is not an option), if it is one."""
+    for word in words:
+        if word.startswith("-"):
+            if word in ("-h", "--help", "--explain"):
+                return None
+            continue
+        name = word.replace("-", "_")
+        return name if name in COMMANDS else None
+    return None
+
+
+def build_parser(words: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given the command line, only the invoked command's module is imported and
+    registered (startup time: ``viommu check`` must not pay for every other command)."""
+    only = _wanted(words) if words is not None else None
     parser = _Parser(
         prog="viommu",
         description="Host IOMMU / virtual IOMMU capability framework for VFIO passthrough.",
     )
     parser.add_argument("--version", action="version", version=f"viommu {__version__}")
+    parser.add_argument(
+        "--explain", metavar="CODE", help="explain a reason code ('--explain list' lists them all)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         module = importlib.import_module(f"viommu.commands.{name}")
         module.register(sub)
     return parser
 
 
+def import_reason_modules() -> None:
+    """Import every module that registers reason codes (``--explain`` must know them all)."""
+    from viommu.models import registry
+
+    registry.import_all()
+    for name in REASON_MODULES:
+        importlib.import_module(name)
+
+
+def explain(code: str) -> int:
+    """``viommu --explain CODE`` / ``--explain list``."""
+    from viommu.reasons import REASONS
+
+    import_reason_modules()
+    if code == "list":
+        width = max(len(c) for c in REASONS)
+        for name in sorted(REASONS):
+            first = REASONS[name].split(". ")[0].rstrip(".")
+            sys.stdout.write(f"{name.ljust(width)}  {first}.\n")
+        return 0
+    text = REASONS.get(code)
+    if text is None:
+        sys.stderr.write(f"viommu: --explain: unknown reason code {code!r} (see 'viommu --explain list')\n")
+        return EXIT_INPUT
+    import textwrap
+
+    sys.stdout.write(f"{code}\n\n{textwrap.fill(text, width=88)}\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # A QEMU command line after "--" is the VM itself: argparse must not see its options.
+    qemu_argv: list[str] = []
+    if "--" in words:
+        cut = words.index("--")
+        words, qemu_argv = words[:cut], words[cut + 1 :]
+    parser = build_parser(words)
+    args = parser.parse_args(words)
+    args.qemu_argv = qemu_argv
+    if args.explain is not None:
+        return explain(args.explain)
+    if args.command is None:
+        parser.error("a command is required (see 'viommu --help')")
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -74,27 +74,31 @@ class GuestView:
     def last_iova(self) -> int:
         return U64_MAX if self.width_bits >= 64 else (1 << self.width_bits) - 1
 
-    def legal(self, iova: int, size: int, page_size: int) -> bool:
-        """Whether a well-behaved guest driver could issue this mapping."""
+    def why_not(self, iova: int, size: int, page_size: int) -> str | None:
+        """Why a guest driver could not issue this mapping, or None when it could."""
         if size <= 0 or page_size <= 0 or page_size & (page_size - 1):
-            return False
+            return "empty mapping or a page size that is not a power of two"
         if not self.page_sizes & page_size:
-            return False
+            return f"page size 0x{page_size:x} is not offered (page sizes 0x{self.page_sizes:x})"
         if iova % page_size or size % page_size:
-            return False
+            return f"not aligned to its page size 0x{page_size:x}"
         last = iova + size - 1
         if last > self.last_iova:
-            return False
-        return not any(r.overlaps(iova, last) for r in self.reserved)
+            return f"beyond the guest-visible {self.width_bits}-bit address width"
+        for r in self.reserved:
+            if r.overlaps(iova, last):
+                return f"inside the guest-visible reserved region 0x{r.start:x}-0x{r.last:x}"
+        return None
+
+    def legal(self, iova: int, size: int, page_size: int) -> bool:
+        """Whether a well-behaved guest driver could issue this mapping."""
+        return self.why_not(iova, size, page_size) is None
 
     def check(self, iova: int, size: int, page_size: int) -> None:
-        if not self.legal(iova, size, page_size):
-            raise MapError(
-                GUEST_MAP_ILLEGAL,
-                errno.EINVAL,
-                f"guest mapping 0x{iova:x}+0x{size:x} (page 0x{page_size:x}) is outside what the "
-                f"vIOMMU offers (width {self.width_bits} bits, page sizes 0x{self.page_sizes:x})",
-            )
+        why = self.why_not(iova, size, page_size)
+        if why is not None:
+            raise MapError(GUEST_MAP_ILLEGAL, errno.EINVAL,
+                           f"the vIOMMU does not let the guest map 0x{iova:x}+0x{size:x}: {why}")
 
 
 @dataclass

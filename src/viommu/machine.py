@@ -26,6 +26,7 @@ location: ``vfio 0000:01:00.0: Failed to set vIOMMU: aw-bits 48 > host aw-bits 3
 from __future__ import annotations
 
 import enum
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -115,12 +116,20 @@ class Decision:
 
 
 def create_viommu(
-    spec: DeviceSpec, version: QemuVersion, *, machine_type: str | None = None, where: str | None = None
+    spec: DeviceSpec,
+    version: QemuVersion,
+    *,
+    machine_type: str | None = None,
+    irqchip: str = "off",
+    where: str | None = None,
 ) -> VIOMMU:
-    """The model for ``spec.driver``; QEMU's realize errors raise DeviceConfigError (exit 2)."""
+    """The model for ``spec.driver``; QEMU's realize errors raise DeviceConfigError (exit 2).
+
+    ``irqchip`` is the effective ``kernel-irqchip`` mode (``off`` stands for TCG too).
+    """
     from viommu.models import registry
 
-    return registry.create(spec, version, machine=machine_type, where=where)
+    return registry.create(spec, version, machine=machine_type, irqchip=irqchip, where=where)
 
 
 def vfio_prefix(version: QemuVersion) -> str:
@@ -240,6 +249,7 @@ def plan_properties(
     pool: Sequence[tuple[VfioDev, HostInventory]],
     *,
     machine_type: str | None = None,
+    irqchip: str = "off",
 ) -> Plan:
     """Explicit properties that fit every ``(device, host)`` of the pool, as wide as allowed.
 
@@ -251,7 +261,11 @@ def plan_properties(
     longer depends on the QEMU release's defaults. Raises Refusal
     (``no-fitting-plan``) when some device cannot be made to fit.
     """
-    probe = create_viommu(spec, version, machine_type=machine_type)
+    def build(props: Mapping[str, str]) -> VIOMMU:
+        return create_viommu(DeviceSpec(spec.driver, dict(props)), version, machine_type=machine_type,
+                             irqchip=irqchip)
+
+    probe = build(spec.props)
     props = dict(spec.props)
     choices: dict[str, PlanChoice] = {}
     for name, value in probe.widest().items():
@@ -265,7 +279,7 @@ def plan_properties(
             if props.get(name) != value:
                 props[name] = value
                 choices[name] = PlanChoice(name, value, why)
-    model = create_viommu(DeviceSpec(spec.driver, props), version, machine_type=machine_type)
+    model = build(props)
     topo = Topology()
     for dev, host in pool:
         addr, alias = topo.place(dev)
@@ -278,10 +292,10 @@ def plan_properties(
                 choices[name] = PlanChoice(
                     name, value, f"narrowed to fit {dev.host} ({dev.backend}) on {host_name}"
                 )
-            model = create_viommu(DeviceSpec(spec.driver, props), version, machine_type=machine_type)
+            model = build(props)
     # Every device of every host must now pass the check, cold-plugged and hotplugged alike.
     for i, (dev, host) in enumerate(pool):
-        trial = create_viommu(DeviceSpec(spec.driver, props), version, machine_type=machine_type)
+        trial = build(props)
         addr, alias = Topology().place(dev)
         try:
             trial.set_iommu_device(addr, host_device(dev, host, alias=alias), hotplug=False, alias=alias)
@@ -314,22 +328,26 @@ class Machine:
         policy: Policy = Policy.CHECK,
         machine_type: str | None = None,
         pool: Sequence[tuple[VfioDev, HostInventory]] = (),
+        irqchip: str = "off",
         where: str | None = None,
     ) -> None:
         self.version = version
+        self.irqchip = irqchip
         self.policy = policy
         self.machine_type = machine_type
         self.requested = viommu
         self.plan: Plan | None = None
         if policy is Policy.PLAN:
-            self.plan = plan_properties(viommu, version, pool, machine_type=machine_type)
+            self.plan = plan_properties(viommu, version, pool, machine_type=machine_type, irqchip=irqchip)
             viommu = self.plan.spec
         self.spec = viommu
-        self.model = create_viommu(viommu, version, machine_type=machine_type, where=where)
+        self.model = create_viommu(viommu, version, machine_type=machine_type, irqchip=irqchip, where=where)
         self.frozen = False
         self.topology = Topology()
         self.devices: dict[str, _Plugged] = {}
         self.trace: list[Decision] = []
+        #: After an accepted migration: the machine on the destination.
+        self.destination: Machine | None = None
         detail: dict[str, Any] = {"device": str(self.spec)}
         if self.plan is not None:
             detail["plan"] = self.plan.to_json()
@@ -359,7 +377,8 @@ class Machine:
         props = dict(self.spec.props)
         props.update(changes)
         self.spec = DeviceSpec(self.spec.driver, props)
-        self.model = create_viommu(self.spec, self.version, machine_type=self.machine_type)
+        self.model = create_viommu(self.spec, self.version, machine_type=self.machine_type,
+                                   irqchip=self.irqchip)
         for plugged in self.devices.values():
             self.model.set_iommu_device(plugged.addr, plugged.hiod, hotplug=False, alias=plugged.alias)
 
@@ -493,22 +512,31 @@ class Machine:
         gone = plugged.domain.unmap(iova, size)
         return self._record("dma-unmap", label, True, detail={"unmapped": f"0x{gone:x}"})
 
+    def vmstate(self) -> str:
+        """The migration stream's vIOMMU section: the guest-visible state as JSON (intel-iommu's
+        CAP/ECAP travel in vmstate ``iommu-intel``; virtio-iommu's config is re-derived on the
+        destination, which is exactly what the comparison catches)."""
+        return json.dumps({"model": self.model.model, "qemu": str(self.version), "state": self.guest_state()},
+                          sort_keys=True)
+
     def migrate(
         self,
         dest: HostInventory,
         *,
         version: QemuVersion | None = None,
         devices: Mapping[str, str] | None = None,
+        name: str | None = None,
     ) -> Decision:
         """Migrate to ``dest``: the destination QEMU realizes the same command line (the planned
         one under ``plan``), cold-plugs the VM's devices (host addresses from ``devices``, by id,
         else the same) and reaches machine-done; its guest-visible state must equal ours."""
         dest_version = version or self.version
-        target = dest.machine.hostname or dest.machine.product or "destination"
+        target = name or dest.machine.hostname or dest.machine.product or "destination"
         spec = self.spec if self.policy is not Policy.SYNC else self.requested
         dest_policy = Policy.CHECK if self.policy is Policy.PLAN else self.policy
         try:
-            other = Machine(spec, version=dest_version, policy=dest_policy, machine_type=self.machine_type)
+            other = Machine(spec, version=dest_version, policy=dest_policy, machine_type=self.machine_type,
+                            irqchip=self.irqchip)
         except InputError as exc:
             return self._record("migrate", target, False, code=getattr(exc, "code", "bad-destination"),
                                 message=str(exc))
@@ -534,7 +562,10 @@ class Machine:
                     + ([] if done.accepted else [done.to_json()])
                 },
             )
-        ours, theirs = self.guest_state(), other.guest_state()
+        # The source sends its guest-visible state; the destination compares it with the state it
+        # derived from its own command line and host devices.
+        ours = json.loads(self.vmstate())["state"]
+        theirs = other.guest_state()
         diffs = diff_state(ours, theirs)
         if diffs:
             fields = ", ".join(d["field"] for d in diffs)
@@ -543,6 +574,7 @@ class Machine:
                 message=f"guest-visible vIOMMU state differs on the destination: {fields}",
                 detail={"differences": diffs},
             )
+        self.destination = other
         return self._record("migrate", target, True, detail={"destination_state": theirs})
 
 
@@ -566,10 +598,12 @@ def run_cold(
     version: QemuVersion = DEFAULT_QEMU_VERSION,
     policy: Policy = Policy.CHECK,
     machine_type: str | None = None,
+    irqchip: str = "off",
 ) -> Machine:
     """Realize, cold-plug every device, machine-done: what QEMU does at start-up."""
     pool = list(devices)
-    machine = Machine(spec, version=version, policy=policy, machine_type=machine_type, pool=pool)
+    machine = Machine(spec, version=version, policy=policy, machine_type=machine_type, pool=pool,
+                      irqchip=irqchip)
     for dev, host in pool:
         machine.cold_plug(dev, host)
     machine.machine_done()

@@ -38,6 +38,9 @@ class VfioDev:
     #: Plugged after machine-done (a scenario's hot device); front ends of a VM definition
     #: describe cold-plugged devices.
     hotplug: bool = False
+    #: The device sits under a root bus with ``bypass_iommu`` (``pxb-pcie,bypass_iommu=on``
+    #: or ``-M ...,default_bus_bypass_iommu=on``): its DMA does not go through the vIOMMU.
+    bypass_iommu: bool = False
     #: Where the device was written: ``FILE:LINE``, ``argv[N]`` or a scenario key.
     where: str = ""
 
@@ -83,12 +86,29 @@ class VMConfig:
     phys_bits: int | None = None
     #: ``host-phys-bits=on`` / ``<maxphysaddr mode='passthrough'/>``: the guest takes the host's.
     host_phys_bits: bool = False
+    #: ``host-phys-bits-limit=N`` / ``<maxphysaddr mode='passthrough' limit='N'/>``; None: no limit.
+    host_phys_bits_limit: int | None = None
+    #: ``-m ...,maxmem=`` / ``<maxMemory>`` in bytes (memory hotplug ceiling); None when not given.
+    max_memory: int | None = None
     #: ``-accel`` (tcg, kvm); None: not given.
     accel: str | None = None
     #: ``kernel-irqchip=`` (on, split, off); None: not given (QEMU's default for the accel).
     kernel_irqchip: str | None = None
     unsupported: tuple[Unsupported, ...] = ()
-    #: The original command line (qemu kind), so plan can rewrite it.
+    #: The original command line (qemu kind), so plan can rewrite it: every word as written,
+    #: environment assignments and the program name included.
     argv: tuple[str, ...] = field(default=(), compare=False)
+    #: Indices into ``argv`` of the words that make up the vIOMMU: the ``-device`` option and
+    #: its value, an ``AMDVI-PCI`` companion, folded ``-global``/``-set`` options, or the
+    #: ``-machine`` value carrying ``iommu=smmuv3``. The emitter replaces exactly these.
+    viommu_argv: tuple[int, ...] = field(default=(), compare=False)
     #: The original document (libvirt kind), so plan can diff it.
     text: str = field(default="", compare=False)
+
+    @property
+    def irqchip(self) -> str:
+        """The effective ``kernel-irqchip`` mode: ``off`` under TCG (no in-kernel irqchip);
+        under KVM what was given, else ``on`` (q35's ``default_kernel_irqchip_split`` is false)."""
+        if self.accel == "kvm":
+            return self.kernel_irqchip or "on"
+        return "off"

@@ -16,7 +16,8 @@ from typing import Any
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "regs",
-        help="CAP/ECAP that QEMU gives an intel-iommu -device string, per QEMU version",
+        help="guest-visible registers of a vIOMMU -device string (intel-iommu CAP/ECAP, "
+        "virtio-iommu config, arm-smmuv3 IDRs), per QEMU version",
         description="Compose the registers a QEMU vIOMMU shows the guest from its -device string, "
         "as the chosen QEMU release does (10.0 is checked bit for bit against the real binary). "
         "Combinations QEMU refuses exit 2 with QEMU's message.",
@@ -57,16 +58,39 @@ def _human(dev: Any, colour: bool) -> str:
     return "\n".join(out)
 
 
+def _other(spec: Any, args: argparse.Namespace) -> int:
+    """virtio-iommu's config space, arm-smmuv3's ID registers: the model's guest-visible state."""
+    from viommu import render
+    from viommu.models.base import QemuVersion
+    from viommu.models.registry import create
+
+    dev = create(spec, QemuVersion.parse(args.qemu_version), machine=args.machine,
+                 where=f"-device {args.device}")
+    state = dev.guest_state()
+    if args.json:
+        render.dump_json({**state, "qemu_version": str(dev.version), "properties": dev.explicit()})
+        return 0
+    colour = render.use_colour(sys.stdout)
+    out = [render.paint(f"{dev.model} (QEMU {dev.version})", "bold", colour)]
+    for key, value in state.items():
+        if key == "model":
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        out.append(f"  {key.ljust(16)}  {value}")
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from viommu import render
-    from viommu.errors import InputError
     from viommu.models.base import DeviceSpec, QemuVersion
     from viommu.models.intel import MODEL, IntelIOMMU, Irqchip
     from viommu.regs import vtd
 
     spec = DeviceSpec.parse(args.device, where="DEVICE")
     if spec.driver != MODEL:
-        raise InputError(f"'{spec.driver}': registers are modelled for {MODEL} only", where="DEVICE")
+        return _other(spec, args)
     dev = IntelIOMMU(
         spec,
         QemuVersion.parse(args.qemu_version),

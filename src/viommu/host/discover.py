@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from viommu.errors import HostAccessError, InputError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from viommu.host.inventory import HostInventory
     from viommu.host.uapi.syscalls import SysOps
 
@@ -57,9 +58,11 @@ def discover(
         from viommu.host.profiles import load_profile
 
         return load_profile(profile)
+    if os.path.isfile(root):
+        return _from_file(os.fspath(root), backend)
+    from pathlib import Path  # imported here: a snapshot file (viommu check) does not need it
+
     path = Path(root)
-    if path.is_file():
-        return _from_file(path, backend)
     if backend == "snapshot":
         raise InputError("--backend snapshot needs --root FILE.json", where=str(path))
     if not path.is_dir():
@@ -68,10 +71,10 @@ def discover(
     return _from_tree(path, backend, live=live, ops=ops, dev_root=dev_root, probe_nesting=probe_nesting)
 
 
-def _from_file(path: Path, backend: str) -> HostInventory:
+def _from_file(path: str, backend: str) -> HostInventory:
     from viommu.host import snapshot
 
-    with path.open("rb") as stream:
+    with open(path, "rb") as stream:
         head = stream.read(512)
     if head.lstrip()[:1] == b"{":
         if backend not in ("auto", "snapshot"):
@@ -83,6 +86,7 @@ def _from_file(path: Path, backend: str) -> HostInventory:
         raise InputError(
             f"a sysfs capture has no /dev: only the sysfs backend reads it, not {backend}", where=str(path)
         )
+
     from viommu.host import capture
 
     with capture.unpacked(path) as tree:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
-from datetime import UTC, datetime
-from pathlib import Path
 
 from viommu.errors import HostAccessError, InputError
 from viommu.host.inventory import SCHEMA, HostInventory
@@ -23,6 +21,8 @@ _SCHEMA_PREFIX = "viommu-snapshot/"
 
 def capture_time() -> str:
     """Now in UTC (ISO 8601, seconds), or ``SOURCE_DATE_EPOCH`` for reproducible output."""
+    from datetime import UTC, datetime
+
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch is not None:
         if not epoch.isdigit():
@@ -69,7 +69,8 @@ def load(path: str | os.PathLike[str]) -> HostInventory:
     """Read a snapshot file as the ``snapshot`` backend (which says what recorded it)."""
     where = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
     except FileNotFoundError:
         raise InputError("no such file", where=where) from None
     except UnicodeDecodeError:

@@ -143,8 +143,9 @@ class VIOMMU(abc.ABC):
     ) -> None:
         """Accept the host IOMMU device of a VFIO device at ``addr`` or raise Refusal.
 
-        ``alias`` is the device's requester-ID alias in the guest topology (behind a
-        PCIe-to-PCI bridge: the secondary bus, devfn 0); None means the device is its own.
+        ``addr`` is the device's own guest (bus, devfn); ``alias`` its requester-ID
+        alias in the guest topology (behind a PCIe-to-PCI bridge: the secondary
+        bus, devfn 0), None when it has none.
         """
 
     @abc.abstractmethod

@@ -48,6 +48,7 @@ from viommu.models.qdev import (
     PropValue,
     check_id,
     check_sysbus_placement,
+    prop_text,
     resolve_machine,
     set_properties,
 )
@@ -438,14 +439,6 @@ def registers(profile: Profile, cfg: IntelConfig) -> tuple[int, int]:
 # --- the device --------------------------------------------------------------------------------
 
 
-def _prop_text(value: PropValue) -> str | int:
-    if isinstance(value, OnOffAuto):
-        return value.value
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return value
-
-
 class IntelIOMMU(VIOMMU):
     """One ``-device intel-iommu`` in a q35 machine."""
 
@@ -475,7 +468,7 @@ class IntelIOMMU(VIOMMU):
         except DeviceConfigError as exc:
             raise DeviceConfigError(exc.code, exc.message, where=where) from None
         self.irqchip = irqchip
-        self.properties = {name: _prop_text(v) for name, v in values.items()}
+        self.properties = {name: prop_text(v) for name, v in values.items()}
         self.cap, self.ecap = registers(self.profile, self.config)
         self._devices: dict[PciAddr, HostIOMMUDevice] = {}
         self.frozen = False
@@ -490,10 +483,10 @@ class IntelIOMMU(VIOMMU):
             raise Refusal(CACHING_MODE_REQUIRED, _CM_TEXT_SET)
         if addr in self._devices:
             raise Refusal(DUPLICATE_HOST_IOMMU_DEVICE, "Host IOMMU device already exist")
-        self._check_hiod(hiod, guest_alias=alias is not None and alias != addr)
+        self._check_hiod(hiod, behind_bridge=alias is not None and alias != addr)
         self._devices[addr] = hiod
 
-    def _check_hiod(self, hiod: HostIOMMUDevice, *, guest_alias: bool) -> None:
+    def _check_hiod(self, hiod: HostIOMMUDevice, *, behind_bridge: bool) -> None:
         """``vtd_check_hiod`` (and 11.0's ``vtd_check_hiod_accel``)."""
         get_cap = getattr(hiod, "get_cap", None)
         if get_cap is None:
@@ -515,7 +508,9 @@ class IntelIOMMU(VIOMMU):
             raise Refusal(IOMMU_TYPE_MISMATCH, f"Incompatible host platform IOMMU type {code}")
         if self.config.fs1gp and not CAP.decode(hiod.caps.registers.get("cap", 0))["FL1GP"]:
             raise Refusal(FS1GP_UNSUPPORTED, "First stage 1GB large page is unsupported by host IOMMU")
-        if guest_alias or hiod.aliased:
+        # 11.0's pci_device_get_iommu_bus_devfn says "aliased" from the guest topology;
+        # a host-side alias recorded in the caps counts as well.
+        if behind_bridge or hiod.aliased:
             raise Refusal(
                 FLTS_BEHIND_BRIDGE, "Host device downstream to a PCI bridge is unsupported when x-flts=on"
             )

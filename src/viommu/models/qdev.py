@@ -239,6 +239,15 @@ def parse_pci_devfn(driver: str, name: str, text: str) -> int:
     raise DeviceConfigError(INVALID_PROPERTY, f"Property '{driver}.{name}' doesn't take value '{text}'")
 
 
+def prop_text(value: PropValue) -> str | int:
+    """A property value as QEMU's ``-device`` syntax writes it (booleans as on/off)."""
+    if isinstance(value, OnOffAuto):
+        return value.value
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value
+
+
 def parse_value(spec: PropSpec, text: str, *, driver: str = "") -> PropValue:
     if spec.kind is PropKind.BOOL:
         return parse_bool(spec.name, text)

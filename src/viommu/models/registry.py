@@ -35,6 +35,8 @@ def create(
 
         if irqchip is None:
             irqchip = Irqchip.USERSPACE
+        elif isinstance(irqchip, str) and irqchip in {m.value for m in Irqchip}:
+            irqchip = Irqchip(irqchip)
         if not isinstance(irqchip, Irqchip):
             raise InputError(f"irqchip {irqchip!r} is not one of off, split, on", where=where)
         return IntelIOMMU(spec, version, machine=machine, irqchip=irqchip, where=where)

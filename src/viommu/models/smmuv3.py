@@ -17,8 +17,10 @@ not what that table says). ``accel=off`` (the emulated SMMUv3) has no
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from viommu.dma import GuestView
@@ -205,6 +207,7 @@ class SMMUv3(VIOMMU):
         self.config = cfg
         self.fields = init_id_regs(cfg)
         self.auto_finalised = False
+        self._mine_cache: Mapping[str, Mapping[str, int]] | None = None
         self._devices: dict[PciAddr, HostIOMMUDevice] = {}
 
     # -- registers --
@@ -212,9 +215,16 @@ class SMMUv3(VIOMMU):
     def idr(self, name: str) -> int:
         return _TABLES[name].encode(self.fields[name])
 
-    def _host_fields(self, hiod: HostIOMMUDevice) -> dict[str, Mapping[str, int]]:
+    def _host_fields(self, hiod: HostIOMMUDevice) -> Mapping[str, Mapping[str, int]]:
         regs = hiod.caps.registers
-        return {k: _TABLES[k].decode(regs.get(k, 0)).fields for k in _TABLES}
+        return _decoded(tuple(regs.get(k, 0) for k in _TABLES))
+
+    def _mine(self) -> Mapping[str, Mapping[str, int]]:
+        """The vSMMU's fields as the guest reads them (re-encoded, as QEMU compares registers);
+        computed again only after ``auto`` values were resolved."""
+        if self._mine_cache is None:
+            self._mine_cache = _decoded(tuple(self.idr(k) for k in _TABLES))
+        return self._mine_cache
 
     # -- host devices --
 
@@ -255,10 +265,11 @@ class SMMUv3(VIOMMU):
         if self.config.ssidsize is None:
             self.fields["idr1"]["SSIDSIZE"] = host["idr1"]["SSIDSIZE"]
         self.auto_finalised = True
+        self._mine_cache = None
 
     def _check(self, host: Mapping[str, Mapping[str, int]]) -> None:
         """``smmuv3_accel_check_hw_compatible``, field by field in QEMU's order."""
-        mine = {k: _TABLES[k].decode(self.idr(k)).fields for k in _TABLES}
+        mine = self._mine()
 
         def h(reg: str, name: str) -> int:
             return host[reg][name]
@@ -324,7 +335,7 @@ class SMMUv3(VIOMMU):
         if not self.config.accel or hiod.caps.iommu_type is not IommuType.ARM_SMMUV3:
             return {}
         host = self._host_fields(hiod)
-        mine = {k: _TABLES[k].decode(self.idr(k)).fields for k in _TABLES}
+        mine = self._mine()
         out: dict[str, str] = {}
         if mine["idr3"]["RIL"] and not host["idr3"]["RIL"]:
             out["ril"] = "off"
@@ -336,6 +347,47 @@ class SMMUv3(VIOMMU):
             out["ssidsize"] = str(host["idr1"]["SSIDSIZE"])
         return out
 
+    def widest(self) -> dict[str, str]:
+        """With accel, plan starts from everything on and narrows to the hosts."""
+        if not self.config.accel:
+            return {}
+        return {"ril": "on", "ats": "on", "oas": "48"}
+
+    def explicit(self) -> dict[str, str]:
+        """The resolved ats, ril, ssidsize and oas (``auto`` depends on the first host)."""
+        if not self.config.accel:
+            return {}
+        idr0 = _TABLES["idr0"].decode(self.idr("idr0")).fields
+        idr1 = _TABLES["idr1"].decode(self.idr("idr1")).fields
+        idr3 = _TABLES["idr3"].decode(self.idr("idr3")).fields
+        idr5 = _TABLES["idr5"].decode(self.idr("idr5")).fields
+        return {
+            "ats": "on" if idr0["ATS"] else "off",
+            "ril": "on" if idr3["RIL"] else "off",
+            "ssidsize": str(idr1["SSIDSIZE"]),
+            "oas": "48" if idr5["OAS"] >= OAS_48 else "44",
+        }
+
+    def compare(self, hiod: HostIOMMUDevice) -> list[dict[str, Any]]:
+        if not self.config.accel:
+            return []
+        if hiod.caps.iommu_type is not IommuType.ARM_SMMUV3 or not hiod.kind.is_iommufd:
+            return [{"field": "host", "viommu": "iommufd ARM SMMUv3",
+                     "host": f"{hiod.kind.value} {hiod.caps.iommu_type.value}", "ok": False}]
+        host = self._host_fields(hiod)
+        mine = self._mine()
+        rows: list[dict[str, Any]] = []
+        for reg, name, rule in (
+            ("idr0", "ST_LEVEL", "eq"), ("idr0", "TTENDIAN", "le"), ("idr0", "TTF", "ge"),
+            ("idr1", "SIDSIZE", "ge"), ("idr1", "SSIDSIZE", "ge"), ("idr3", "RIL", "ge"),
+            ("idr5", "OAS", "ge"), ("idr0", "ATS", "ge"), ("idr5", "GRAN4K", "eq"),
+            ("idr5", "GRAN16K", "eq"), ("idr5", "GRAN64K", "eq"),
+        ):
+            h, q = host[reg][name], mine[reg][name]
+            ok = h == q if rule == "eq" else (h <= q if rule == "le" else h >= q)
+            rows.append({"field": f"{reg.upper()}.{name}", "viommu": q, "host": h, "ok": ok})
+        return rows
+
     def guest_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"model": MODEL}
         for name in ("idr0", "idr1", "idr2", "idr3", "idr4", "idr5"):
@@ -344,6 +396,15 @@ class SMMUv3(VIOMMU):
             state[name] = f"0x{value:08x}"
         state["aidr"] = "0x00000001"
         return state
+
+
+@functools.lru_cache(maxsize=512)
+def _decoded(values: tuple[int, ...]) -> Mapping[str, Mapping[str, int]]:
+    """Decoded IDR fields for register values in ``_TABLES`` order (cached: decoding is the
+    costly part of a check, and the same host registers come back for every device)."""
+    return MappingProxyType(
+        {k: MappingProxyType(dict(_TABLES[k].decode(v).fields)) for k, v in zip(_TABLES, values, strict=True)}
+    )
 
 
 def _devid(hiod: HostIOMMUDevice) -> int:

@@ -46,6 +46,7 @@ from viommu.models.qdev import (
     PropSpec,
     PropValue,
     check_id,
+    prop_text,
     resolve_machine,
     set_properties,
 )
@@ -225,14 +226,6 @@ def _realize(values: Mapping[str, PropValue], machine: MachineType) -> VirtioCon
     return VirtioConfig(aw, granule, bool(values["boot-bypass"]), (X86_MSI_REGION,))
 
 
-def _prop_text(value: PropValue) -> str | int:
-    if isinstance(value, OnOffAuto):
-        return value.value
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return value
-
-
 class VirtioIOMMU(VIOMMU):
     """One ``-device virtio-iommu-pci`` in a pc or q35 machine (QEMU 9.1 and later)."""
 
@@ -273,7 +266,7 @@ class VirtioIOMMU(VIOMMU):
             self.config = _realize(values, self.machine)
         except DeviceConfigError as exc:
             raise DeviceConfigError(exc.code, exc.message, where=where) from None
-        self.properties = {name: _prop_text(v) for name, v in sorted(values.items())}
+        self.properties = {name: prop_text(v) for name, v in sorted(values.items())}
         self.page_size_mask = self.config.initial_mask
         self.bypass = self.config.boot_bypass
         self.granule_frozen = False
@@ -390,6 +383,40 @@ class VirtioIOMMU(VIOMMU):
         if self.config.aw_bits <= host_aw or host_aw < 32:
             return {}
         return {"aw-bits": str(host_aw)}
+
+    def widest(self) -> dict[str, str]:
+        return {"aw-bits": "64"}
+
+    def explicit(self) -> dict[str, str]:
+        """aw-bits (its default depends on the machine type), the granule resolved to a size
+        (``host`` depends on the host's page size), and boot-bypass."""
+        granule = self.config.granule
+        if granule == "host":
+            granule = f"{HOST_PAGE_SIZE >> 10}k"
+        return {
+            "aw-bits": str(self.config.aw_bits),
+            "granule": granule,
+            "boot-bypass": "on" if self.config.boot_bypass else "off",
+        }
+
+    def compare(self, hiod: HostIOMMUDevice) -> list[dict[str, Any]]:
+        new = hiod.get_page_size_mask()
+        cur = self.page_size_mask
+        granule = lowest_page(cur)
+        rows: list[dict[str, Any]] = [
+            {"field": "page-size-mask", "viommu": f"0x{cur:x}", "host": f"0x{new:x}", "ok": bool(cur & new)},
+        ]
+        if self.granule_frozen:
+            rows.append({"field": "frozen-granule", "viommu": f"0x{granule:x}", "host": f"0x{new:x}",
+                         "ok": bool(new & granule)})
+        try:
+            host_aw: int | str = int(hiod.get_cap(CAP_AW_BITS))
+        except CapUnsupported as exc:
+            host_aw = str(exc)
+        # QEMU does not compare the input range: the host's limits reach the guest as
+        # reserved regions instead, so this row is informational.
+        rows.append({"field": "aw-bits", "viommu": self.config.aw_bits, "host": host_aw, "ok": True})
+        return rows
 
     def guest_state(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,536 @@
+"""A QEMU command line to a :class:`~viommu.vm.VMConfig`.
+
+What is taken (QEMU 10.0 ``qemu-options.hx`` and ``system/vl.c`` semantics):
+``-M``/``-machine`` (type, ``accel=``, ``kernel-irqchip=``, ``iommu=smmuv3``,
+``default_bus_bypass_iommu=``; several ``-machine`` options merge, the last
+value wins), ``-accel``, ``-enable-kvm``, ``-cpu`` (``phys-bits``,
+``host-phys-bits``, ``host-phys-bits-limit``), ``-m`` (``[size=]N[,maxmem=]``,
+MiB when unsuffixed), the vIOMMU ``-device``, ``-object iommufd``,
+``-device vfio-pci`` and the PCI topology devices, ``-global`` and ``-set``
+for those devices, and QEMU's JSON ``-device {...}`` form. Everything else
+either cannot matter (disks, netdevs, display) and is skipped, or is listed
+in ``VMConfig.unsupported`` with where it stood.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from viommu.errors import InputError
+from viommu.frontends.words import Word, is_env_assignment
+from viommu.models.base import DeviceSpec
+from viommu.vm import Unsupported, VfioDev, VMConfig
+
+#: vIOMMU device models (``virtio-iommu`` is QEMU's alias of ``virtio-iommu-pci``).
+VIOMMU_DRIVERS = frozenset(
+    {"intel-iommu", "virtio-iommu-pci", "virtio-iommu-device", "arm-smmuv3", "amd-iommu"}
+)
+_DRIVER_ALIASES = {"virtio-iommu": "virtio-iommu-pci"}
+#: The PCI function AMD's vIOMMU needs beside ``amd-iommu`` (libvirt emits both).
+AMD_PCI_COMPANION = "AMDVI-PCI"
+#: ``-global`` drivers whose properties reach a vIOMMU: the device itself, the abstract
+#: x86-iommu parent (intremap, device-iotlb, pt) and virtio-iommu-pci's inner device.
+_GLOBAL_TARGETS = {
+    "intel-iommu": ("intel-iommu", "x86-iommu"),
+    "amd-iommu": ("amd-iommu", "x86-iommu"),
+    "virtio-iommu-pci": ("virtio-iommu-pci", "virtio-iommu-device"),
+    "virtio-iommu-device": ("virtio-iommu-device",),
+    "arm-smmuv3": ("arm-smmuv3",),
+}
+VFIO_PCI_DRIVERS = frozenset({"vfio-pci", "vfio-pci-nohotplug"})
+#: VFIO devices that are not PCI functions behind a vIOMMU model of ours.
+_OTHER_VFIO = frozenset({"vfio-ap", "vfio-ccw", "vfio-platform", "vfio-user-pci", "vfio-amd-xgbe",
+                         "vfio-calxeda-xgmac"})
+#: Conventional PCI bridges: devices behind one reach the vIOMMU with the bridge's
+#: requester ID. i82801b11-bridge is the DMI-to-PCI bridge (libvirt's dmi-to-pci-bridge).
+CONVENTIONAL_BRIDGES = frozenset({"pci-bridge", "pci-bridge-seat", "pcie-pci-bridge", "i82801b11-bridge"})
+#: Devices that provide a PCI bus named by their id.
+_BUS_PROVIDERS = CONVENTIONAL_BRIDGES | frozenset(
+    {"pcie-root-port", "ioh3420", "x3130-upstream", "xio3130-downstream", "pxb-pcie", "pxb",
+     "pxb-cxl", "cxl-rp"}
+)
+_EXPANDERS = frozenset({"pxb-pcie", "pxb", "pxb-cxl"})
+
+#: QEMU options that take no argument (qemu-options.hx, HAS_ARG unset), so the next
+#: word is the next option.
+_NO_ARG = frozenset(
+    {"S", "s", "nodefaults", "no-user-config", "nodefconfig", "no-shutdown", "no-reboot",
+     "enable-kvm", "daemonize", "nographic", "snapshot", "no-hpet", "no-acpi", "full-screen",
+     "only-migratable", "no-fd-bootchk", "win2k-hack", "curses", "usb", "preconfig",
+     "enable-sync-profile", "no-quit", "alt-grab", "ctrl-grab", "no-frame", "singlestep",
+     "mem-prealloc", "version", "help", "h", "xen-attach", "semihosting", "no-kvm",
+     "no-kvm-irqchip", "no-kvm-pit", "no-kvm-pit-reinjection", "old-param", "rtc-td-hack",
+     "no-graphic", "portrait"}
+)
+#: Options whose argument we read: a missing argument is an error here.
+_READ = frozenset({"M", "machine", "accel", "cpu", "m", "device", "object", "global", "set",
+                   "readconfig"})
+_PROGRAM = re.compile(r"(qemu-system-[\w.-]+|qemu-kvm|kvm|qemu)")
+_BDF = re.compile(r"(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
+_SIZE = re.compile(r"\s*(0[xX][0-9a-fA-F]+|\d+(?:\.\d*)?|\.\d+)\s*([bBkKmMgGtTpPeE]?)\s*")
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50,
+          "e": 1 << 60}
+_TRUE = frozenset({"on", "yes", "true", "y"})
+_FALSE = frozenset({"off", "no", "false", "n"})
+
+
+def qemu_bool(value: str, *, what: str, where: str) -> bool:
+    """QEMU's boolean spelling (qapi/qobject-input-visitor.c); anything else is bad input."""
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise InputError(f"{what}={value!r} is not a boolean (on/off, yes/no, true/false)", where=where)
+
+
+def parse_size(text: str, *, default_unit: str = "", what: str, where: str) -> int:
+    """A QEMU size (``qemu_strtosz``): ``512``, ``4G``, ``1.5G``, ``0x1000``; ``default_unit`` when bare."""
+    m = _SIZE.fullmatch(text)
+    if m is None:
+        raise InputError(f"{what} {text!r} is not a size like 4096, 512M or 4G", where=where)
+    number, unit = m.group(1), (m.group(2) or default_unit).lower()
+    scale = _UNITS[unit]
+    if number.lower().startswith("0x"):
+        return int(number, 16) * scale
+    if "." in number:
+        if unit in ("", "b"):
+            raise InputError(f"{what} {text!r}: a fraction needs a unit (K, M, G, ...)", where=where)
+        return int(float(number) * scale)
+    return int(number) * scale
+
+
+def normalise_bdf(text: str, *, where: str) -> str:
+    """``01:00.0`` -> ``0000:01:00.0`` (lower case), as QEMU's ``host=`` accepts both."""
+    m = _BDF.fullmatch(text.strip())
+    if m is None:
+        raise InputError(f"host={text!r} is not a PCI address like 0000:01:00.0", where=where)
+    domain = m.group(1) or "0000"
+    return f"{domain}:{m.group(2)}:{m.group(3)}.{m.group(4)}".lower()
+
+
+def opt_parts(text: str) -> list[str]:
+    """Split a QemuOpts string at commas, ``,,`` being a literal comma."""
+    parts: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] == ",":
+            if text[i + 1 : i + 2] == ",":
+                current.append(",")
+                i += 2
+                continue
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(text[i])
+        i += 1
+    parts.append("".join(current))
+    return parts
+
+
+def parse_opts(text: str, implied: str) -> dict[str, str]:
+    """``q35,accel=kvm`` -> ``{"type": "q35", "accel": "kvm"}``: a bare first part is ``implied``."""
+    out: dict[str, str] = {}
+    for n, part in enumerate(opt_parts(text)):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        if not sep:
+            if n == 0:
+                key, value = implied, part
+            elif key.startswith("no"):
+                key, value = key[2:], "off"
+            else:
+                value = "on"
+        out[key] = value
+    return out
+
+
+def format_opts(opts: Mapping[str, str], implied: str) -> str:
+    """Inverse of :func:`parse_opts` (the implied key goes first, bare)."""
+    parts: list[str] = []
+    for key, value in opts.items():
+        text = value.replace(",", ",,")
+        parts.append(text if key == implied and not parts else f"{key}={text}")
+    return ",".join(parts)
+
+
+def _json_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+def parse_device(text: str, *, where: str) -> DeviceSpec:
+    """A ``-device`` value: QemuOpts syntax or QEMU's JSON object form."""
+    if text.lstrip().startswith("{"):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"-device JSON does not parse: {exc.msg} at column {exc.colno}",
+                             where=where) from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("driver"), str):
+            raise InputError('-device JSON must be an object with a "driver" string', where=where)
+        props = {k: _json_value(v) for k, v in obj.items() if k != "driver"}
+        spec = DeviceSpec(obj["driver"], props)
+    else:
+        spec = DeviceSpec.parse(text, where=where)
+    driver = _DRIVER_ALIASES.get(spec.driver, spec.driver)
+    return spec if driver == spec.driver else DeviceSpec(driver, spec.props)
+
+
+def _object_props(text: str, *, where: str) -> dict[str, str]:
+    if text.lstrip().startswith("{"):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"-object JSON does not parse: {exc.msg} at column {exc.colno}",
+                             where=where) from None
+        if not isinstance(obj, dict):
+            raise InputError("-object JSON must be an object", where=where)
+        return {k: _json_value(v) for k, v in obj.items()}
+    return parse_opts(text, "qom-type")
+
+
+@dataclass
+class _Dev:
+    """One ``-device`` as read, before ``-set``/``-global`` are applied."""
+
+    spec: DeviceSpec
+    index: int  # index of the option word in argv
+    where: str
+    extra: list[int] = field(default_factory=list)  # folded -global/-set option indices
+
+    @property
+    def id(self) -> str | None:
+        return self.spec.props.get("id")
+
+
+class _Reader:
+    """One pass over the words; see :func:`parse_words`."""
+
+    def __init__(self, words: Sequence[Word], path: str | None) -> None:
+        self.words = words
+        self.path = path
+        self.unsupported: list[Unsupported] = []
+        self.devices: list[_Dev] = []
+        self.machine: dict[str, str] = {}
+        self.machine_where: dict[str, tuple[int, str]] = {}  # key -> (value index, where)
+        self.machine_indices: list[int] = []
+        self.accel: str | None = None
+        self.irqchip: str | None = None
+        self.cpu: dict[str, str] = {}
+        self.cpu_where = ""
+        self.memory: int | None = None
+        self.max_memory: int | None = None
+        self.iommufd: list[str] = []
+        self.globals: list[tuple[int, str, str, str, str]] = []  # index, driver, prop, value, where
+        self.sets: list[tuple[int, str, str, str, str]] = []  # index, id, prop, value, where
+        self.readconfig: list[str] = []
+
+    def where(self, index: int) -> str:
+        if self.path is None:
+            return f"argv[{index}]"
+        return f"{self.path}:{self.words[index].line}"
+
+    def note(self, what: str, index: int) -> None:
+        self.unsupported.append(Unsupported(what, self.where(index)))
+
+    # -- the option loop ------------------------------------------------------------
+
+    def read(self) -> int:
+        """Read every option; returns the index of the first option (after env and program)."""
+        i = 0
+        while i < len(self.words) and is_env_assignment(self.words[i].text):
+            i += 1
+        if i < len(self.words) and not self.words[i].text.startswith("-"):
+            program = os.path.basename(self.words[i].text)
+            if _PROGRAM.fullmatch(program) is None:
+                raise InputError(f"{self.words[i].text!r} is neither a QEMU option nor a QEMU binary "
+                                 "(expected qemu-system-*, qemu-kvm or kvm)", where=self.where(i))
+            i += 1
+        first = i
+        while i < len(self.words):
+            word = self.words[i].text
+            if not word.startswith("-") or word == "-":
+                raise InputError(f"{word!r} is not an option (a value without its option?)",
+                                 where=self.where(i))
+            name = word.lstrip("-")
+            if name in _NO_ARG:
+                if name == "enable-kvm":
+                    self.accel = "kvm"
+                i += 1
+                continue
+            if i + 1 >= len(self.words) or (name in _READ and self.words[i + 1].text.startswith("-")):
+                if name in _READ:
+                    raise InputError(f"{word} needs a value", where=self.where(i))
+                i += 1
+                continue
+            if name not in _READ and self.words[i + 1].text.startswith("-"):
+                # An option we do not know that takes no argument: the next word is an option.
+                i += 1
+                continue
+            self.option(name, i)
+            i += 2
+        return first
+
+    def option(self, name: str, i: int) -> None:
+        value = self.words[i + 1].text
+        where = self.where(i + 1)
+        if name in ("M", "machine"):
+            self.machine_indices.append(i + 1)
+            for key, val in parse_opts(value, "type").items():
+                # Machine properties are dashed; QEMU still takes the underscore spellings
+                # libvirt and older docs write (kernel_irqchip, default_bus_bypass_iommu).
+                key = key.replace("_", "-")
+                self.machine[key] = val
+                self.machine_where[key] = (i + 1, where)
+        elif name == "accel":
+            opts = parse_opts(value, "accel")
+            self.accel = opts.get("accel", self.accel)
+            irq = opts.get("kernel-irqchip") or opts.get("kernel_irqchip")
+            if irq is not None:
+                self.irqchip = irq
+        elif name == "cpu":
+            self.cpu = parse_opts(value, "model")
+            self.cpu_where = where
+        elif name == "m":
+            opts = parse_opts(value, "size")
+            if "size" in opts:
+                self.memory = parse_size(opts["size"], default_unit="M", what="-m", where=where)
+            if "maxmem" in opts:
+                self.max_memory = parse_size(opts["maxmem"], what="-m maxmem", where=where)
+        elif name == "device":
+            self.devices.append(_Dev(parse_device(value, where=where), i, where))
+        elif name == "object":
+            props = _object_props(value, where=where)
+            if props.get("qom-type") == "iommufd":
+                if "id" not in props:
+                    raise InputError("-object iommufd needs an id=", where=where)
+                self.iommufd.append(props["id"])
+        elif name == "global":
+            self.global_option(value, i, where)
+        elif name == "set":
+            m = re.fullmatch(r"([^.=]+)\.([^.=]+)\.([^=]+)=(.*)", value, re.DOTALL)
+            if m is None:
+                raise InputError(f"-set {value!r} is not group.id.property=value", where=where)
+            if m.group(1) == "device":
+                self.sets.append((i, m.group(2), m.group(3), m.group(4), where))
+        elif name == "readconfig":
+            self.readconfig.append(value)
+            self.note(f"-readconfig {value}: devices and buses defined in that file are not read", i)
+
+    def global_option(self, value: str, i: int, where: str) -> None:
+        if "=" in value.split(",")[0] and value.startswith("driver="):
+            opts = parse_opts(value, "driver")
+            driver, prop, val = opts.get("driver"), opts.get("property"), opts.get("value")
+            if driver is None or prop is None or val is None:
+                raise InputError(f"-global {value!r} needs driver=, property= and value=", where=where)
+        else:
+            m = re.fullmatch(r"([^.=]+)\.([^=]+)=(.*)", value, re.DOTALL)
+            if m is None:
+                raise InputError(f"-global {value!r} is not driver.property=value", where=where)
+            driver, prop, val = m.group(1), m.group(2), m.group(3)
+        self.globals.append((i, driver, prop, val, where))
+        if driver in VFIO_PCI_DRIVERS:
+            self.note(f"-global {driver}.{prop}={val}: vfio-pci defaults are not modelled", i)
+
+
+def _apply_sets(reader: _Reader) -> None:
+    by_id = {d.id: d for d in reader.devices if d.id is not None}
+    for index, dev_id, prop, value, where in reader.sets:
+        dev = by_id.get(dev_id)
+        if dev is None:
+            reader.unsupported.append(Unsupported(f"-set device.{dev_id}.{prop}: no -device with id "
+                                                  f"{dev_id!r} on the command line", where))
+            continue
+        props = dict(dev.spec.props)
+        props[prop] = value
+        dev.spec = DeviceSpec(dev.spec.driver, props)
+        dev.extra.append(index)
+
+
+def _apply_globals(reader: _Reader, dev: _Dev) -> None:
+    """Fold ``-global`` defaults into the vIOMMU: explicit ``-device`` properties win."""
+    targets = _GLOBAL_TARGETS.get(dev.spec.driver, ())
+    props = dict(dev.spec.props)
+    for index, driver, prop, value, _where in reader.globals:
+        if driver in targets:
+            props.setdefault(prop, value)
+            dev.extra.append(index)
+    dev.spec = DeviceSpec(dev.spec.driver, props)
+
+
+def parse_words(words: Sequence[Word], *, path: str | None) -> VMConfig:
+    """Interpret a QEMU command line (words as split from a file, or argv with ``path=None``)."""
+    reader = _Reader(words, path)
+    reader.read()
+    _apply_sets(reader)
+    unsupported = reader.unsupported
+
+    machine_type = reader.machine.get("type")
+    accel = reader.machine.get("accel")
+    if accel is not None:
+        accel = accel.split(":")[0]  # QEMU tries the list in order; the first is what is asked for
+    accel = reader.accel or accel
+    irqchip = reader.irqchip or reader.machine.get("kernel-irqchip")
+    if irqchip is not None and irqchip not in ("on", "off", "split"):
+        where = reader.machine_where.get("kernel-irqchip", (0, reader.where(0)))[1]
+        raise InputError(f"kernel-irqchip={irqchip!r} is not on, off or split", where=where)
+
+    # -- the vIOMMU ---------------------------------------------------------------------
+    viommu: _Dev | None = None
+    companions: list[int] = []
+    viommu_indices: list[int] = []
+    viommu_where = ""
+    if "iommu" in reader.machine:
+        index, where = reader.machine_where["iommu"]
+        if reader.machine["iommu"] == "smmuv3":
+            # -M virt,iommu=smmuv3: the machine's own emulated SMMUv3, no accel, no properties.
+            viommu = _Dev(DeviceSpec("arm-smmuv3", {}), index - 1, where)
+            viommu_indices = [index]
+            viommu_where = where
+        else:
+            unsupported.append(Unsupported(f"-machine iommu={reader.machine['iommu']}", where))
+    for dev in reader.devices:
+        if dev.spec.driver == AMD_PCI_COMPANION:
+            companions += [dev.index, dev.index + 1]
+            continue
+        if dev.spec.driver not in VIOMMU_DRIVERS:
+            continue
+        if viommu is not None:
+            if dev.spec.driver == viommu.spec.driver == "arm-smmuv3":
+                unsupported.append(Unsupported("a second arm-smmuv3 (one per PCI bus): only the first "
+                                               "is modelled", dev.where))
+                continue
+            raise InputError(f"a second vIOMMU ({dev.spec.driver}; {viommu.spec.driver} is at "
+                             f"{viommu.where}): a machine has one", where=dev.where)
+        viommu = dev
+    viommu_spec: DeviceSpec | None = None
+    if viommu is not None:
+        if not viommu_indices:
+            _apply_globals(reader, viommu)
+            viommu_indices = [viommu.index, viommu.index + 1]
+            for extra in viommu.extra:
+                viommu_indices += [extra, extra + 1]
+            viommu_where = viommu.where
+            if viommu.spec.driver == "amd-iommu":
+                viommu_indices += companions
+        viommu_spec = viommu.spec
+
+    # -- the PCI topology -----------------------------------------------------------------
+    is_q35 = machine_type is not None and "q35" in machine_type
+    is_virt = machine_type is not None and machine_type.startswith("virt")
+    root = "pcie.0" if (is_q35 or is_virt) else "pci.0"
+    root_bypass = qemu_bool(reader.machine.get("default-bus-bypass-iommu", "off"),
+                            what="default-bus-bypass-iommu",
+                            where=reader.machine_where.get("default-bus-bypass-iommu", (0, ""))[1])
+    controllers: dict[str, _Dev] = {}
+    for dev in reader.devices:
+        if dev.spec.driver in _BUS_PROVIDERS and dev.id is not None:
+            controllers[dev.id] = dev
+
+    def route(bus: str | None, label: str, where: str) -> tuple[bool, bool]:
+        """(behind a conventional bridge, bypasses the vIOMMU) for a device on ``bus``."""
+        behind = False
+        seen: set[str] = set()
+        while bus is not None and bus != root:
+            ctrl = controllers.get(bus)
+            if ctrl is None:
+                origin = " (a -readconfig file may define it)" if reader.readconfig else ""
+                unsupported.append(Unsupported(
+                    f"{label}: bus {bus!r} is not defined on the command line{origin}; whether a "
+                    "PCI bridge or bypass_iommu stands in its path is unknown", where))
+                return behind, False
+            if bus in seen:
+                raise InputError(f"bus {bus!r} loops back on itself", where=ctrl.where)
+            seen.add(bus)
+            if ctrl.spec.driver in CONVENTIONAL_BRIDGES:
+                behind = True
+            if ctrl.spec.driver in _EXPANDERS:
+                bypass = qemu_bool(ctrl.spec.props.get("bypass_iommu", "off"), what="bypass_iommu",
+                                   where=ctrl.where)
+                return behind, bypass
+            bus = ctrl.spec.props.get("bus")
+        return behind, root_bypass
+
+    vfio: list[VfioDev] = []
+    for dev in reader.devices:
+        driver = dev.spec.driver
+        if driver in _OTHER_VFIO:
+            unsupported.append(Unsupported(f"-device {driver}: not a PCI function behind a vIOMMU",
+                                           dev.where))
+            continue
+        if driver not in VFIO_PCI_DRIVERS:
+            continue
+        props = dev.spec.props
+        host = props.get("host")
+        if host is not None:
+            host = normalise_bdf(host, where=dev.where)
+        elif "sysfsdev" in props:
+            base = os.path.basename(props["sysfsdev"].rstrip("/"))
+            if _BDF.fullmatch(base) is None:
+                unsupported.append(Unsupported(f"vfio-pci sysfsdev={props['sysfsdev']}: not a PCI "
+                                               "function (an mdev or vfio-ap UUID?)", dev.where))
+                continue
+            host = normalise_bdf(base, where=dev.where)
+        else:
+            raise InputError(f"{driver} needs host= or sysfsdev= (the host PCI device)", where=dev.where)
+        iommufd = props.get("iommufd")
+        if iommufd is not None and iommufd not in reader.iommufd:
+            unsupported.append(Unsupported(f"{driver} iommufd={iommufd}: no -object iommufd,id={iommufd}",
+                                           dev.where))
+        behind, bypass = route(props.get("bus"), f"vfio-pci {dev.id or host}", dev.where)
+        vfio.append(VfioDev(host=host, id=dev.id, iommufd=iommufd, bus=props.get("bus"),
+                            addr=props.get("addr"), behind_pci_bridge=behind, bypass_iommu=bypass,
+                            where=dev.where))
+
+    # -- the CPU ------------------------------------------------------------------------
+    phys_bits = host_limit = None
+    host_phys = False
+    if "phys-bits" in reader.cpu:
+        phys_bits = _int(reader.cpu["phys-bits"], "phys-bits", reader.cpu_where)
+    if "host-phys-bits" in reader.cpu:
+        host_phys = qemu_bool(reader.cpu["host-phys-bits"], what="host-phys-bits", where=reader.cpu_where)
+    if "host-phys-bits-limit" in reader.cpu:
+        host_limit = _int(reader.cpu["host-phys-bits-limit"], "host-phys-bits-limit", reader.cpu_where)
+
+    return VMConfig(
+        kind="qemu",
+        path=path,
+        machine=machine_type,
+        viommu=viommu_spec,
+        viommu_where=viommu_where,
+        vfio=tuple(vfio),
+        iommufd_objects=tuple(reader.iommufd),
+        memory=reader.memory,
+        max_memory=reader.max_memory,
+        phys_bits=phys_bits,
+        host_phys_bits=host_phys,
+        host_phys_bits_limit=host_limit,
+        accel=accel,
+        kernel_irqchip=irqchip,
+        unsupported=tuple(unsupported),
+        argv=tuple(w.text for w in words),
+        viommu_argv=tuple(sorted(set(viommu_indices))),
+    )
+
+
+def _int(text: str, what: str, where: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise InputError(f"{what}={text!r} is not a whole number", where=where) from None
+
+
+def parse_argv(argv: Sequence[str]) -> VMConfig:
+    """A command line given as argv words (``viommu check -- qemu-system-x86_64 ...``)."""
+    return parse_words([Word(text, n) for n, text in enumerate(argv)], path=None)

@@ -1,0 +1,1 @@
+qemu-system-x86_64 -M q35 -device vfio-pci,host=not-a-bdf

@@ -1,0 +1,21 @@
+qemu-system-x86_64 \
+  -M q35 \
+  -m 16G \
+  -cpu qemu64,phys-bits=39 \
+  -device intel-iommu,intremap=on,caching-mode=on,aw-bits=39 \
+  -device pcie-root-port,id=rp0,chassis=1 \
+  -device vfio-pci,host=0000:00:14.0,id=hostdev0,bus=rp0 \
+  -device pcie-root-port,id=rp1,chassis=2 \
+  -device vfio-pci,host=0000:00:14.2,id=hostdev1,bus=rp1 \
+  -device pcie-root-port,id=rp2,chassis=3 \
+  -device vfio-pci,host=0000:00:1f.0,id=hostdev2,bus=rp2 \
+  -device pcie-root-port,id=rp3,chassis=4 \
+  -device vfio-pci,host=0000:00:1f.3,id=hostdev3,bus=rp3 \
+  -device pcie-root-port,id=rp4,chassis=5 \
+  -device vfio-pci,host=0000:00:1f.4,id=hostdev4,bus=rp4 \
+  -device pcie-root-port,id=rp5,chassis=6 \
+  -device vfio-pci,host=0000:01:00.0,id=hostdev5,bus=rp5 \
+  -device pcie-root-port,id=rp6,chassis=7 \
+  -device vfio-pci,host=0000:02:00.0,id=hostdev6,bus=rp6 \
+  -device pcie-root-port,id=rp7,chassis=8 \
+  -device vfio-pci,host=0000:04:00.0,id=hostdev7,bus=rp7
