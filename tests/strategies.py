@@ -302,6 +302,28 @@ def intel_props(draw: st.DrawFn, version: str) -> dict[str, str]:
     return props
 
 
+#: virtio-iommu-pci machine types: q35 (aw-bits 39 from pc-q35-9.0), 8.2 (aw-bits 64, granule 4k).
+VIRTIO_MACHINE_TYPES = (None, "pc-q35-8.2", "pc-q35-9.1")
+
+
+@st.composite
+def virtio_props(draw: st.DrawFn, version: str) -> dict[str, str]:
+    """virtio-iommu-pci properties: aw-bits (32-64), granule, boot-bypass."""
+    props: dict[str, str] = {}
+    aw = draw(st.sampled_from((None, None, "32", "39", "40", "48", "52", "64")))
+    if aw is not None:
+        props["aw-bits"] = aw
+    granule = draw(st.sampled_from((None, None, "host", "4k", "8k", "16k", "64k")))
+    if granule is not None:
+        props["granule"] = granule
+    if draw(st.booleans()):
+        props["boot-bypass"] = draw(st.sampled_from(("on", "off")))
+    return props
+
+
+DRIVER_PROPS = {"intel-iommu": intel_props, "virtio-iommu-pci": virtio_props}
+
+
 @dataclass(frozen=True)
 class Scenario:
     """One VM's life, as plain data."""
@@ -365,8 +387,10 @@ def scenarios(
     *,
     host_strategy: Callable[[str], st.SearchStrategy[HostRecipe]] = hosts,
     max_events: int = 8,
+    drivers: Sequence[str] = ("intel-iommu",),
 ) -> Scenario:
     policy = draw(st.sampled_from(policies))
+    driver = draw(st.sampled_from(drivers))
     version = draw(st.sampled_from(VERSIONS))
     n_hosts = draw(st.integers(1, 3))
     recipes = tuple(draw(host_strategy(f"host{i}")) for i in range(n_hosts))
@@ -376,13 +400,16 @@ def scenarios(
     return Scenario(
         policy=policy,
         version=version,
-        machine_type=draw(st.sampled_from(machine_types(version))),
-        props=tuple(sorted(draw(intel_props(version)).items())),
+        machine_type=draw(st.sampled_from(
+            machine_types(version) if driver == "intel-iommu" else VIRTIO_MACHINE_TYPES
+        )),
+        props=tuple(sorted(draw(DRIVER_PROPS[driver](version)).items())),
         hosts=recipes,
         devices=devices,
         cold=cold,
         events=tuple(draw(st.lists(events(len(devices), n_hosts), min_size=min(2, max_events),
                                    max_size=max_events))),
+        driver=driver,
     )
 
 
@@ -509,7 +536,9 @@ def edge_mappings(width: int, page_mask: int, hiod: HostIOMMUDevice) -> Iterator
         anchors |= {r.start, r.last + 1}
     for w in hiod.get_iova_ranges():
         anchors |= {w.start, w.last + 1}
-    for page in page_sizes(page_mask):
+    sizes = page_sizes(page_mask)
+    # The three smallest (4K, 8K, 16K under a wide virtio mask) and the superpages.
+    for page in sorted(set(sizes[:3]) | {p for p in sizes if p in (1 << 21, 1 << 30)}):
         for a in sorted(anchors):
             base = a - a % page
             for k in (-2, -1, 0, 1):
