@@ -141,3 +141,15 @@ def test_capture_cli_then_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[
     data = json.loads(capsys.readouterr().out)
     assert data["discovery"]["backend"] == "sysfs"
     assert [d["bdf"] for d in data["devices"]][:2] == ["0000:00:00.0", "0000:00:03.0"]
+
+
+def test_reserved_regions_over_the_same_range_sort_by_type() -> None:
+    """Two reserved regions with the same range and different types (found by the invariant
+    tests): sorting them used to raise TypeError from comparing ResvType members."""
+    from viommu.host.caps import ReservedRegion, ResvType
+
+    a = ReservedRegion(0xFEE00000, 0xFEEFFFFF, ResvType.RESERVED)
+    b = ReservedRegion(0xFEE00000, 0xFEEFFFFF, ResvType.MSI)
+    assert sorted([a, b]) == [b, a] and sorted([b, a]) == [b, a]
+    assert sorted([ReservedRegion(0x2000, 0x2FFF, ResvType.MSI), a]) == [
+        ReservedRegion(0x2000, 0x2FFF, ResvType.MSI), a]

@@ -73,13 +73,23 @@ class IovaRange:
         return [f"0x{self.start:x}", f"0x{self.last:x}"]
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ReservedRegion:
-    """A host reserved region ``[start, last]`` (inclusive) of one type."""
+    """A host reserved region ``[start, last]`` (inclusive) of one type.
+
+    Regions sort by address, then by type name, so that two regions over the same
+    range (an RMRR that is also an MSI window, say) still have an order.
+    """
 
     start: int
     last: int
     type: ResvType
+
+    def _key(self) -> tuple[int, int, str]:
+        return (self.start, self.last, self.type.value)
+
+    def __lt__(self, other: ReservedRegion) -> bool:
+        return self._key() < other._key()
 
     def to_json(self) -> dict[str, str]:
         return {"start": f"0x{self.start:x}", "last": f"0x{self.last:x}", "type": self.type.value}
