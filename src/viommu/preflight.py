@@ -400,7 +400,7 @@ def _hotplug_trial(
     assert vm.viommu is not None
     pool = [(d, host) for d in [*others, dev]]
     machine = Machine(vm.viommu, version=version, policy=policy, machine_type=machine_type(vm),
-                      pool=pool, where=vm.viommu_where or None)
+                      irqchip=vm.irqchip, pool=pool, where=vm.viommu_where or None)
     for other in others:
         machine.cold_plug(other, host)
     machine.machine_done()
@@ -437,7 +437,7 @@ def check_vm(
     else:
         pool = [(d, host) for d in present]
         machine = Machine(vm.viommu, version=version, policy=policy, machine_type=machine_type(vm),
-                          pool=pool, where=vm.viommu_where or None)
+                          irqchip=vm.irqchip, pool=pool, where=vm.viommu_where or None)
         realized = str(machine.spec)
         cold: dict[str, Decision] = {}
         for dev in vm.vfio:
@@ -487,7 +487,8 @@ def _fix(vm: VMConfig, spec: DeviceSpec, dev: VfioDev, host: HostInventory, vers
     from viommu.errors import Refusal
 
     try:
-        plan = plan_properties(spec, version, [(dev, host)], machine_type=machine_type(vm))
+        plan = plan_properties(spec, version, [(dev, host)], machine_type=machine_type(vm),
+                               irqchip=vm.irqchip)
     except Refusal as exc:
         return f"no {spec.driver} setting fits: {exc.message}"
     current = {**_viommu_model(replace(vm, viommu=spec), version).explicit(), **spec.props}
@@ -534,7 +535,8 @@ def _viommu_model(vm: VMConfig, version: QemuVersion) -> Any:
     from viommu.machine import create_viommu
 
     assert vm.viommu is not None
-    return create_viommu(vm.viommu, version, machine_type=machine_type(vm), where=vm.viommu_where or None)
+    return create_viommu(vm.viommu, version, machine_type=machine_type(vm), irqchip=vm.irqchip,
+                         where=vm.viommu_where or None)
 
 
 def _required_properties(vm: VMConfig, present: Sequence[VfioDev], version: QemuVersion) -> list[Finding]:
@@ -802,7 +804,7 @@ def plan_vm(vm: VMConfig, hosts: Sequence[HostInventory], *, version: QemuVersio
             return PlanReport(describe_vm(vm), described, version, None, bad.code, bad.message)
         pool.extend((d, host) for d in present)
     try:
-        plan = plan_properties(vm.viommu, version, pool, machine_type=machine_type(vm))
+        plan = plan_properties(vm.viommu, version, pool, machine_type=machine_type(vm), irqchip=vm.irqchip)
     except Refusal as exc:
         return PlanReport(describe_vm(vm), described, version, None, exc.code, exc.message)
     planned = _with_viommu(vm, plan.spec)
@@ -872,7 +874,7 @@ def migrate_vm(
     decision: Decision | None = None
     if source_check.starts and vm.viommu is not None:
         present, _ = _present(vm, source)
-        machine = Machine(vm.viommu, version=version, machine_type=machine_type(vm),
+        machine = Machine(vm.viommu, version=version, machine_type=machine_type(vm), irqchip=vm.irqchip,
                           where=vm.viommu_where or None)
         for dev in present:
             machine.cold_plug(dev, source)

@@ -256,6 +256,9 @@ class _Reader:
             if _PROGRAM.fullmatch(program) is None:
                 raise InputError(f"{self.words[i].text!r} is neither a QEMU option nor a QEMU binary "
                                  "(expected qemu-system-*, qemu-kvm or kvm)", where=self.where(i))
+            if program in ("kvm", "qemu-kvm"):
+                # Debian's /usr/bin/kvm (what Proxmox runs) is "qemu-system-x86_64 -enable-kvm".
+                self.accel = "kvm"
             i += 1
         first = i
         while i < len(self.words):
