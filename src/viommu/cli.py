@@ -153,19 +153,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(words)
     args = parser.parse_args(words)
     args.qemu_argv = qemu_argv
-    if args.explain is not None:
-        return explain(args.explain)
-    if args.command is None:
+    if args.explain is None and args.command is None:
         parser.error("a command is required (see 'viommu --help')")
-    handler: Handler = args.handler
     try:
+        if args.explain is not None:
+            return explain(args.explain)
+        handler: Handler = args.handler
         return handler(args)
     except ViommuError as exc:
         sys.stderr.write(f"viommu {args.command}: {exc}\n")
         return exc.exit_code
     except BrokenPipeError:
-        # `viommu ... | head` closed the pipe: not an error of ours.
-        sys.stderr.close()
+        # `viommu ... | head` closed the pipe: not an error of ours. Point stdout at devnull so
+        # the interpreter's final flush does not complain again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
         return 130
