@@ -44,7 +44,7 @@ EDU_BRIDGE = "0000:03:01.0"
 #: Kernel arguments every boot gets. allow_unsafe_interrupts: the emulated units have no
 #: interrupt remapping unless intremap=on, and VFIO/iommufd refuse such groups otherwise.
 BASE_CMDLINE = (
-    "console=ttyS0 rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=262144 ro "
+    "console=ttyS0 rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose ro "
     "panic=-1 vfio_iommu_type1.allow_unsafe_interrupts=1 iommufd.allow_unsafe_interrupts=1 "
     "quiet loglevel=4"
 )
