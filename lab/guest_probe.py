@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import json
 import mmap
 import os
@@ -302,16 +303,18 @@ def run_mapping(results: Results, inventories: dict[str, HostInventory]) -> None
 # --- L2 QEMU cases ------------------------------------------------------------------------
 
 
-def _qemu_error(stderr: str) -> str | None:
-    """QEMU's last error line without the ``qemu-system-x86_64: `` and ``-device ...: `` prefixes."""
-    lines = [ln.split(": ", 1)[1] for ln in stderr.splitlines() if ln.startswith("qemu-system-x86_64: ")]
+def _qemu_error(stderr: str, argv: list[str]) -> str | None:
+    """QEMU's last error line without ``qemu-system-x86_64: `` and the blamed option (``-device X: ``)."""
+    prefix = "qemu-system-x86_64: "
+    lines = [ln[len(prefix):] for ln in stderr.splitlines() if ln.startswith(prefix)]
     errors = [ln for ln in lines if not ln.startswith("warning: ")]
     if not errors:
         return None
     text = errors[-1]
-    for prefix in ("-device ", "-object "):
-        if text.startswith(prefix) and ": " in text:
-            return text.split(": ", 1)[1]
+    options = [f"{flag} {value}: " for flag, value in itertools.pairwise(argv) if flag.startswith("-")]
+    for head in options:
+        if text.startswith(head):
+            return text[len(head):]
     return text
 
 
@@ -386,7 +389,7 @@ def run_l2_case(case: dict[str, Any], qemu: str, workdir: Path) -> dict[str, Any
     out["stderr"] = stderr
     out["started"] = started
     if case["plug"] == "cold":
-        out["error"] = None if started else _qemu_error(stderr)
+        out["error"] = None if started else _qemu_error(stderr, argv)
         out["accepted"] = started
     else:
         out["error"] = qmp_error
