@@ -197,11 +197,43 @@ def _read_xp(text: str) -> int:
     return int(text.strip().split(":", 1)[1].strip(), 16)
 
 
+def _save_meta(run: L1Run) -> None:
+    meta = {"registers": run.registers, "boot_s": run.boot_s, "total_s": run.total_s,
+            "returncode": run.returncode, "error": run.error, "argv": run.argv}
+    (run.outdir / "run.json").write_text(json.dumps(meta, indent=2))
+
+
+def reuse(config: L1Config, outdir: Path) -> L1Run | None:
+    """A finished earlier run of ``config`` in ``outdir`` (``VIOMMU_LAB_REUSE=1``: iterate on the
+    assertions without booting again), or None."""
+    try:
+        meta = json.loads((outdir / "run.json").read_text())
+        results = json.loads((outdir / "results.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    regs = meta["registers"]
+    run = L1Run(config, outdir, meta["argv"], registers=None if regs is None else (regs[0], regs[1]),
+                results=results, boot_s=meta["boot_s"], total_s=meta["total_s"],
+                returncode=meta["returncode"], error=meta["error"])
+    run.stderr = (outdir / "qemu-stderr.txt").read_text(errors="replace")
+    return run
+
+
 def boot(config: L1Config, *, kernel: Path, outdir: Path | None = None, qemu: str = QEMU) -> L1Run:
     """Boot L1 once with ``config``; always returns (failures are in ``L1Run.error``)."""
+    outdir = outdir if outdir is not None else OUT / config.name
+    if os.environ.get("VIOMMU_LAB_REUSE") == "1":
+        earlier = reuse(config, outdir)
+        if earlier is not None:
+            return earlier
+    run = _boot(config, kernel=kernel, outdir=outdir, qemu=qemu)
+    _save_meta(run)
+    return run
+
+
+def _boot(config: L1Config, *, kernel: Path, outdir: Path, qemu: str) -> L1Run:
     from qemu.qmp.legacy import QEMUMonitorProtocol
 
-    outdir = outdir if outdir is not None else OUT / config.name
     if outdir.exists():
         shutil.rmtree(outdir)
     outdir.mkdir(parents=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from configs import CONFIGS  # lab/ is on sys.path (tests/conftest.py)
-from harness import REPORT, L1Config, L1Run, boot
+from harness import REPORT, L1Config, L1Run, L2Case, boot
 
 import test_contract_backends as contract
 from viommu.host import snapshot
@@ -41,6 +41,19 @@ EXPECTED_AW_BITS = {
     "intel-sm": 48,
     "intel-sm-flts": 47,
     "virtio-aw39": 39,
+}
+
+#: vfio-pci devices per boot: the three edu devices, except under virtio-iommu, whose topology
+#: (QEMU's VIOT table) leaves out the edu behind the PCIe-to-PCI bridge: it has no IOMMU group
+#: and vfio-pci's probe fails with EINVAL (seen on the guest console).
+EXPECTED_VFIO_DEVICES = {"virtio-aw39": 2}
+
+#: L2 failures that are the host's, not a vIOMMU decision (seen in the lab; QEMU's text):
+#: the first-stage-only unit refuses the IOAS attach (the iommufd inventory says so), and
+#: iommufd over virtio-iommu fails QEMU's DMA map of guest RAM with EINVAL (not modelled yet).
+HOST_FAILURES = {
+    ("intel-sm-flts", "iommufd"): "error attach",
+    ("virtio-aw39", "iommufd"): "memory listener initialization failed",
 }
 
 _RUNS: dict[str, L1Run] = {}
@@ -91,8 +104,10 @@ def test_every_backend_discovers(l1: L1Run) -> None:
     for backend in BACKENDS:
         inventory = _inventory(l1, backend)
         assert inventory.backend == backend
-        # The three edu devices are bound to vfio-pci by the guest's init.
-        assert len(_vfio_devices(inventory)) == 3, [(d, inventory.pci[d].driver) for d in inventory.pci]
+        # The edu devices are bound to vfio-pci by the guest's init.
+        expected = EXPECTED_VFIO_DEVICES.get(l1.config.name, 3)
+        drivers = [(d, inventory.pci[d].driver) for d in inventory.pci]
+        assert len(_vfio_devices(inventory)) == expected, drivers
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -127,9 +142,15 @@ def test_backends_agree(l1: L1Run) -> None:
         assert s.caps.group == v.caps.group == i.caps.group
         assert s.caps.reserved_regions == v.caps.reserved_regions == i.caps.reserved_regions
         assert s.caps.alias == v.caps.alias == i.caps.alias
-        # The kernel's type1 answer is what sysfs derives from the decoded registers.
-        assert v.caps.iova_ranges == s.caps.iova_ranges, (bdf, v.caps.iova_ranges, s.caps.iova_ranges)
-        assert v.caps.page_size_mask == s.caps.page_size_mask, bdf
+        if sysfs.unit(s.caps.unit or "").iommu_type is IommuType.UNKNOWN:
+            # virtio-iommu: sysfs shows the unit and its groups but no registers, so it derives
+            # no aperture and no page sizes; the ioctl backends are the only source.
+            assert (s.caps.iova_ranges, s.caps.page_size_mask) == ((), 0), bdf
+            assert v.caps.iova_ranges and v.caps.page_size_mask, bdf
+        else:
+            # The kernel's type1 answer is what sysfs derives from the decoded registers.
+            assert v.caps.iova_ranges == s.caps.iova_ranges, (bdf, v.caps.iova_ranges, s.caps.iova_ranges)
+            assert v.caps.page_size_mask == s.caps.page_size_mask, bdf
         if i.caps.iova_ranges:
             assert i.caps.iova_ranges == v.caps.iova_ranges, bdf
             # IOAS alignment is the smallest page of the attached domain.
@@ -166,6 +187,8 @@ def test_iova_ranges_end_at_the_address_width(l1: L1Run) -> None:
             ranges = inventory.device(bdf).caps.iova_ranges
             if backend == "iommufd" and not ranges:
                 continue  # attach refused (checked in test_backends_agree)
+            if backend == "sysfs" and inventory.device(bdf).caps.iommu_type is IommuType.UNKNOWN:
+                continue  # virtio-iommu: sysfs cannot tell (checked in test_backends_agree)
             assert max(r.last for r in ranges) == (1 << aw) - 1, (backend, bdf, ranges[-1])
             assert inventory.device(bdf).caps.aw_bits == aw
 
@@ -202,7 +225,8 @@ def test_mapping_errnos_match_the_model(l1: L1Run) -> None:
     mismatches = []
     for backend in ("vfio", "iommufd"):
         per_dev = mapping[backend]
-        assert isinstance(per_dev, dict) and len(per_dev) == 3, per_dev
+        expected = EXPECTED_VFIO_DEVICES.get(l1.config.name, 3)
+        assert isinstance(per_dev, dict) and len(per_dev) == expected, per_dev
         for bdf, points in per_dev.items():
             if isinstance(points, str):
                 if l1.config.name == "intel-sm-flts" and backend == "iommufd":
@@ -232,6 +256,19 @@ def test_l2_cases_ran(l1: L1Run) -> None:
         assert "exception" not in outcome, (name, outcome["exception"], outcome["stderr"])
         if not outcome["accepted"]:
             assert outcome["error"], (name, outcome["stderr"])
+
+
+def _host_failure(run: L1Run, case: L2Case) -> str | None:
+    return HOST_FAILURES.get((run.config.name, case.backend))
+
+
+def test_l2_host_failures_are_the_known_ones(l1: L1Run) -> None:
+    l2 = _results(l1)["l2"]
+    for case in l1.config.l2_cases:
+        text = _host_failure(l1, case)
+        if text is not None:
+            outcome = l2[case.name]
+            assert not outcome["accepted"] and text in (outcome["error"] or ""), (case.name, outcome["error"])
 
 
 def _qemu_verdict(outcome: dict[str, Any]) -> tuple[bool, str | None]:
@@ -283,6 +320,10 @@ def test_l2_verdicts_agree_with_machine(l1: L1Run) -> None:
         assert outcome is not None, case.name
         qemu = _qemu_verdict(outcome)
         ours: tuple[bool, str | None] | None = None
+        if _host_failure(l1, case) is not None:
+            REPORT.l2_rows.append((l1.config.name, case.name, float(outcome["seconds"]), _show(qemu),
+                                   "(host failure, not a vIOMMU decision)", None))
+            continue
         if have_machine:
             ours = _viommu_verdict(l1, outcome["case"])
             if ours != qemu:
@@ -331,8 +372,8 @@ def test_l2_intel_model_agrees_with_qemu(l1: L1Run) -> None:
         if not case.viommu or not case.viommu.startswith("intel-iommu"):
             continue
         outcome = l2[case.name]
-        if case.backend == "iommufd" and not _inventory(l1, "iommufd").device(case.host).caps.iova_ranges:
-            continue  # the IOAS attach fails before any vIOMMU check: not the model's business
+        if _host_failure(l1, case) is not None:
+            continue  # checked in test_l2_host_failures_are_the_known_ones
         qemu, ours = _qemu_verdict(outcome), _intel_model_verdict(l1, outcome["case"])
         checked += 1
         if qemu != ours:
