@@ -10,6 +10,13 @@ sysfs can show. Walking up from the device towards the root bus:
   becomes the bridge itself;
 * PCIe-to-PCIe hops (root ports, switch ports) do not alias.
 
+Whether a bus is conventional is a property of the bridge above it (QEMU's
+``pci_bus_is_express``, Linux's switch on the bridge's PCIe port type), not of
+the device on it: QEMU happily plugs a conventional device (``edu``) into a
+root port, and it is not aliased there (seen in the lab). So the bridge's
+PCIe port type decides when it is known (:attr:`Hop.secondary_express`);
+only when it is not does the child's own PCIe-ness stand in for its bus.
+
 The topmost aliasing hop wins: it is the requester ID the IOMMU sees.
 """
 
@@ -46,12 +53,50 @@ def is_bridge(class_code: int | None) -> bool:
     return class_code is not None and class_code >> 8 in BRIDGE_CLASSES
 
 
+#: PCIe capability ID and the Device/Port Type values (PCIe base spec 7.5.3.2) of bridges.
+PCI_CAP_ID_EXP = 0x10
+PCI_EXP_TYPE_ROOT_PORT = 0x4
+PCI_EXP_TYPE_UPSTREAM = 0x5
+PCI_EXP_TYPE_DOWNSTREAM = 0x6
+PCI_EXP_TYPE_PCI_BRIDGE = 0x7
+PCI_EXP_TYPE_PCIE_BRIDGE = 0x8
+
+
 @dataclass(frozen=True)
 class Hop:
     """One device on the path from the root bus to a device: its address and whether it is PCIe."""
 
     bdf: str
     pcie: bool
+    #: For a bridge: whether its secondary bus is PCI Express (None: not known, e.g. a capture
+    #: without config space; the device below then stands in for its bus).
+    secondary_express: bool | None = None
+
+
+def pcie_port_type(config: bytes) -> int | None:
+    """The PCIe Device/Port Type from a config-space dump, or None (no PCIe capability or too short).
+
+    Walks the capability list from the pointer at 0x34 (valid when status bit 4 is set),
+    bounded so that a looping list ends.
+    """
+    if len(config) < 0x40 or not config[0x06] & 0x10:
+        return None
+    offset = config[0x34] & 0xFC
+    for _ in range(48):
+        if offset < 0x40 or offset + 4 > len(config):
+            return None
+        if config[offset] == PCI_CAP_ID_EXP:
+            return (config[offset + 2] >> 4) & 0xF
+        offset = config[offset + 1] & 0xFC
+    return None
+
+
+def secondary_is_express(port_type: int | None, *, pcie: bool) -> bool:
+    """Whether a bridge's secondary bus is PCIe, from its port type (a conventional bridge: no)."""
+    if not pcie or port_type is None:
+        return False
+    return port_type in (PCI_EXP_TYPE_ROOT_PORT, PCI_EXP_TYPE_UPSTREAM, PCI_EXP_TYPE_DOWNSTREAM,
+                         PCI_EXP_TYPE_PCIE_BRIDGE)
 
 
 def dma_alias(path: Sequence[Hop]) -> PciAlias:
@@ -63,7 +108,8 @@ def dma_alias(path: Sequence[Hop]) -> PciAlias:
     aliasing hop, which is the first one in this top-down order.
     """
     for bridge, child in pairwise(path):
-        if child.pcie:
+        express = bridge.secondary_express if bridge.secondary_express is not None else child.pcie
+        if express:
             continue  # an express bus: no alias at this hop
         if bridge.pcie:
             return PciAlias(bridge=bridge.bdf, alias_bdf=f"{bus_of(child.bdf)}:00.0")

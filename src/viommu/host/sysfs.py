@@ -277,6 +277,27 @@ def _pci_info(tree: Tree, dev_rel: str) -> PciInfo:
     )
 
 
+def _secondary_express(tree: Tree, rel: str, pcie: bool) -> bool | None:
+    """Whether the bridge at ``rel`` has a PCIe secondary bus; None when sysfs cannot tell.
+
+    The PCIe port type is in config space beyond the first 64 bytes, which only root
+    reads; without it, a bridge bound to ``pcieport`` is a root or switch port (portdrv
+    binds nothing else), whose secondary bus is PCIe.
+    """
+    if not pcie:
+        return False  # a conventional bridge has a conventional secondary bus
+    try:
+        config = tree.path(f"{rel}/config").read_bytes()
+    except OSError:
+        config = b""
+    port_type = pcimod.pcie_port_type(config)
+    if port_type is not None:
+        return pcimod.secondary_is_express(port_type, pcie=True)
+    if tree.exists(f"{rel}/driver") and tree.link_name(f"{rel}/driver") == "pcieport":
+        return True
+    return None
+
+
 def _path_hops(tree: Tree, bdf: str) -> list[pcimod.Hop]:
     """Every PCI function from the root bus down to ``bdf`` (its directory chain under devices/)."""
     parts = tree.real_parts(f"sys/bus/pci/devices/{bdf}")
@@ -284,7 +305,9 @@ def _path_hops(tree: Tree, bdf: str) -> list[pcimod.Hop]:
     for depth, part in enumerate(parts):
         if pcimod.BDF.fullmatch(part):
             rel = "/".join(parts[: depth + 1])
-            hops.append(pcimod.Hop(part, tree.exists(f"{rel}/max_link_speed")))
+            pcie = tree.exists(f"{rel}/max_link_speed")
+            express = _secondary_express(tree, rel, pcie) if part != bdf else None
+            hops.append(pcimod.Hop(part, pcie, express))
     if not hops or hops[-1].bdf != bdf:
         raise InputError(
             f"link does not lead to a PCI device directory named {bdf}",
