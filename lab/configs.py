@@ -42,6 +42,9 @@ BRIDGE_CASES = (
     L2Case("intel48cm-iommufd-hot-bridge", L2_VIOMMUS["intel48cm"], "iommufd", "hot", EDU_BRIDGE),
 )
 
+#: One hotplug on the other hosts, so that the QMP guard meets each of them too.
+HOT_LEGACY = cases(["intel48cm"], plugs=("hot",), backends=("legacy",))
+
 ALL_INTEL = ["intel48cm", "intel39cm", "intel48", "intel39", "intelflts"]
 ALL_VIRTIO = ["virtio", "virtio4k", "virtio64k"]
 
@@ -63,7 +66,7 @@ CONFIGS: tuple[L1Config, ...] = (
         "intel-sm",
         "intel-iommu,x-scalable-mode=on,caching-mode=on",
         cmdline="intel_iommu=on,sm_on",
-        l2_cases=cases(["intel48cm", "intel39cm", "virtio"], plugs=("cold",)),
+        l2_cases=cases(["intel48cm", "intel39cm", "virtio"], plugs=("cold",)) + HOT_LEGACY,
     ),
     # Scalable mode offering first-stage only: Linux builds first-stage domains (47-bit IOVA
     # from the 4-level first-stage tables) and iommufd's IOAS attach fails.
@@ -71,13 +74,13 @@ CONFIGS: tuple[L1Config, ...] = (
         "intel-sm-flts",
         "intel-iommu,x-scalable-mode=on,x-flts=on,caching-mode=on",
         cmdline="intel_iommu=on,sm_on",
-        l2_cases=cases(["intel48cm", "intel39cm", "virtio"], plugs=("cold",)),
+        l2_cases=cases(["intel48cm", "intel39cm", "virtio"], plugs=("cold",)) + HOT_LEGACY,
     ),
     # virtio-iommu as the host IOMMU (input range 39 bits).
     L1Config(
         "virtio-aw39",
         "virtio-iommu-pci,aw-bits=39",
         cmdline="",
-        l2_cases=cases(["intel48cm", "intel39cm", "virtio", "virtio64k"], plugs=("cold",)),
+        l2_cases=cases(["intel48cm", "intel39cm", "virtio", "virtio64k"], plugs=("cold",)) + HOT_LEGACY,
     ),
 )

@@ -365,6 +365,15 @@ def run_l2_case(case: dict[str, Any], qemu: str, workdir: Path) -> dict[str, Any
                 continue
             qmp, started = attempt, True
             break
+        if qmp is not None and started and case["plug"] == "hot":
+            # The QMP guard first, on its own connection (the socket serves one client at a
+            # time): a dry run against the running L2 and the real vfio-pci device. Then
+            # QEMU's own answer to the same device_add.
+            with contextlib.suppress(Exception):
+                qmp.close()
+            out["guard"] = _guard(sock, case, device)
+            qmp = QEMUMonitorProtocol(str(sock))
+            qmp.connect()
         if qmp is not None:
             try:
                 if started and case["plug"] == "hot":
@@ -395,6 +404,30 @@ def run_l2_case(case: dict[str, Any], qemu: str, workdir: Path) -> dict[str, Any
         out["error"] = qmp_error
         out["accepted"] = started and qmp_error is None
     return out
+
+
+#: The inventories discovery found before the L2 cases started (the devices are free then).
+INVENTORIES: dict[str, HostInventory] = {}
+
+
+def _guard(sock: Path, case: dict[str, Any], device: dict[str, str]) -> dict[str, Any]:
+    """``viommu hotplug --dry-run`` through the library, against the discovered host."""
+    from viommu.frontends.qmp_guard import HotplugRequest, guarded_hotplug
+
+    backend = "iommufd" if case["backend"] == "iommufd" else "vfio"
+    inventory = INVENTORIES.get(backend)
+    if inventory is None:
+        return {"exception": f"no {backend} inventory"}
+    request = HotplugRequest(host=device["host"], id=device["id"], iommufd=device.get("iommufd"),
+                             bus=device["bus"])
+    start = time.monotonic()
+    try:
+        result = guarded_hotplug(sock, request, inventory, dry_run=True, timeout=30.0)
+    except Exception as exc:  # a guard failure is a finding, recorded for the test
+        return {"exception": f"{type(exc).__name__}: {exc}"}
+    data = result.to_json()
+    data["seconds"] = round(time.monotonic() - start, 3)
+    return data
 
 
 def _pci_ids(qmp: Any) -> list[str]:
@@ -455,6 +488,7 @@ def main(argv: list[str]) -> int:
         before = host_state()
         with timed(results, "discovery"):
             inventories = run_discovery(results, outdir)
+        INVENTORIES.update(inventories)
         after = host_state()
         results.data["state_before"] = before
         results.data["state_after"] = after

@@ -275,64 +275,83 @@ def _qemu_verdict(outcome: dict[str, Any]) -> tuple[bool, str | None]:
     return bool(outcome["accepted"]), outcome["error"]
 
 
-def _viommu_verdict(run: L1Run, case: dict[str, Any]) -> tuple[bool, str | None]:
-    from viommu.machine import Machine, Policy  # type: ignore[import-not-found]
+def _viommu_verdict(run: L1Run, outcome: dict[str, Any]) -> tuple[bool, str | None]:
+    """What ``viommu check`` says of the same L2 command line against the host L1 discovered.
 
-    from viommu.models.base import DeviceSpec, QemuVersion
+    Cold plug: whether QEMU would start (the first refused device's message, else
+    machine-done's). Hot plug: the command line without the device, then the check's
+    "would a later hotplug of it pass" for the device QMP adds.
+    """
+    from dataclasses import replace
+
+    from viommu.frontends import load_vm
+    from viommu.models.base import QemuVersion
+    from viommu.preflight import check_vm
     from viommu.vm import VfioDev
 
-    inventory = _inventory(run, "iommufd" if case["backend"] == "iommufd" else "vfio")
-    dev = VfioDev(
-        host=case["host"],
-        id="hostdev0",
-        iommufd="fd0" if case["backend"] == "iommufd" else None,
-        bus="rp0",
-        hotplug=case["plug"] == "hot",
-    )
-    machine = Machine(
-        DeviceSpec.parse(case["viommu"]), version=QemuVersion(10, 0), policy=Policy.CHECK, machine_type="q35"
-    )
-    if case["plug"] == "cold":
-        decision = machine.cold_plug(dev, inventory)
-        if decision.accepted:
-            decision = machine.machine_done()
-    else:
-        done = machine.machine_done()
-        assert done.accepted, done
-        decision = machine.hotplug(dev, inventory)
-    return bool(decision.accepted), decision.message
+    case = outcome["case"]
+    iommufd = case["backend"] == "iommufd"
+    inventory = _inventory(run, "iommufd" if iommufd else "vfio")
+    vm = load_vm(None, list(outcome["argv"]))
+    if case["plug"] == "hot":
+        dev = VfioDev(host=case["host"], id="hostdev0", iommufd="fd0" if iommufd else None, bus="rp0")
+        vm = replace(vm, vfio=(*vm.vfio, dev))
+    report = check_vm(vm, inventory, version=QemuVersion(10, 0))
+    (device,) = report.devices
+    if case["plug"] == "hot":
+        return device.hotplug.accepted, device.hotplug.message
+    if not device.cold.accepted:
+        return False, device.cold.message
+    done = report.machine_done
+    assert done is not None
+    return done.accepted, done.message
 
 
 def _show(verdict: tuple[bool, str | None]) -> str:
     return "accepted" if verdict[0] else f"refused: {verdict[1]}"
 
 
-def test_l2_verdicts_agree_with_machine(l1: L1Run) -> None:
+def test_l2_verdicts_agree_with_viommu_check(l1: L1Run) -> None:
     l2 = _results(l1).get("l2", {})
-    try:
-        import viommu.machine  # type: ignore[import-not-found]  # noqa: F401
-        have_machine = True
-    except ImportError:
-        have_machine = False
     disagreements = []
     for case in l1.config.l2_cases:
         outcome = l2.get(case.name)
         assert outcome is not None, case.name
         qemu = _qemu_verdict(outcome)
-        ours: tuple[bool, str | None] | None = None
         if _host_failure(l1, case) is not None:
             REPORT.l2_rows.append((l1.config.name, case.name, float(outcome["seconds"]), _show(qemu),
                                    "(host failure, not a vIOMMU decision)", None))
             continue
-        if have_machine:
-            ours = _viommu_verdict(l1, outcome["case"])
-            if ours != qemu:
-                disagreements.append((case.name, _show(qemu), _show(ours)))
+        ours = _viommu_verdict(l1, outcome)
+        if ours != qemu:
+            disagreements.append((case.name, _show(qemu), _show(ours)))
         REPORT.l2_rows.append((l1.config.name, case.name, float(outcome["seconds"]), _show(qemu),
-                               "-" if ours is None else _show(ours), None if ours is None else ours == qemu))
-    if not have_machine:
-        pytest.skip("viommu.machine (the lifecycle) is not in this tree yet: QEMU's verdicts recorded only")
+                               _show(ours), ours == qemu))
     assert not disagreements, "\n".join(f"{n}: QEMU {q} / viommu {o}" for n, q, o in disagreements)
+
+
+def test_qmp_guard_agrees_with_qemu_on_real_vfio_hotplugs(l1: L1Run) -> None:
+    """For every hot case the guest ran ``viommu hotplug --dry-run`` (the QMP guard, reading the
+    running L2's vIOMMU over QMP) against the real vfio-pci device before QEMU's own device_add:
+    the guard's verdict and message must be QEMU's, and a dry run sends nothing."""
+    if not any(case.plug == "hot" for case in l1.config.l2_cases):
+        pytest.skip(f"{l1.config.name} has no hotplug cases")
+    l2 = _results(l1).get("l2", {})
+    disagreements = []
+    checked = 0
+    for case in l1.config.l2_cases:
+        outcome = l2[case.name]
+        if case.plug != "hot" or _host_failure(l1, case) is not None or not outcome["started"]:
+            continue
+        guard = outcome.get("guard")
+        assert guard is not None and "exception" not in guard, (case.name, guard)
+        assert guard["sent"] == [], (case.name, guard["sent"])
+        ours = (bool(guard["accepted"]), guard["message"] if not guard["accepted"] else None)
+        if ours != _qemu_verdict(outcome):
+            disagreements.append((case.name, _show(_qemu_verdict(outcome)), _show(ours)))
+        checked += 1
+    assert checked > 0
+    assert not disagreements, "\n".join(f"{n}: QEMU {q} / guard {o}" for n, q, o in disagreements)
 
 
 def _intel_model_verdict(run: L1Run, case: dict[str, Any]) -> tuple[bool, str | None]:
