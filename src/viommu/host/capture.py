@@ -189,8 +189,14 @@ def unpacked(path: str | os.PathLike[str]) -> Iterator[Path]:
                     _check_member(member, where)
                 # The "data" filter refuses absolute names, links leaving the tree and devices.
                 tar.extractall(tmp, filter="data")
+        except tarfile.ReadError:
+            # tarfile lists every compression it tried, over several lines: say it in one.
+            raise InputError(
+                "neither a snapshot JSON nor a sysfs capture tar (plain, gz, bz2 or xz)", where=where
+            ) from None
         except tarfile.TarError as exc:
-            raise InputError(f"not a readable tar capture ({exc})", where=where) from None
+            text = " ".join(str(exc).split())
+            raise InputError(f"not a readable tar capture ({text})", where=where) from None
         except OSError as exc:
             raise HostAccessError(
                 f"cannot read: {exc.strerror or exc}", where=where, errno=exc.errno
