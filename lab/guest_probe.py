@@ -74,6 +74,9 @@ def timed(results: Results, name: str) -> Iterator[None]:
 
 # --- host state ---------------------------------------------------------------------------
 
+#: guest-init.sh's scratch tmpfs, which holds the results share.
+SCRATCH = Path("/dev/viommu-lab")
+
 
 def host_state() -> dict[str, Any]:
     """Driver bindings of every PCI device, every /dev path, and this process's open fds."""
@@ -83,6 +86,8 @@ def host_state() -> dict[str, Any]:
         drivers[dev.name] = os.path.basename(os.readlink(link)) if link.is_symlink() else None
     nodes: list[str] = []
     for root, dirs, files in os.walk("/dev"):
+        if root == "/dev" and SCRATCH.name in dirs:
+            dirs.remove(SCRATCH.name)  # the lab's own tmpfs (guest-init.sh), not a device node
         dirs.sort()
         for name in sorted(dirs + files):
             nodes.append(os.path.relpath(os.path.join(root, name), "/dev"))
@@ -448,7 +453,7 @@ def _pci_ids(qmp: Any) -> list[str]:
 def run_l2(results: Results, config: dict[str, Any]) -> None:
     """Every case; cases on different host devices run two at a time (L1 has two vCPUs)."""
     cases = config.get("l2_cases", [])
-    work = Path("/tmp/l2")
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / "l2"
     work.mkdir(exist_ok=True)
     by_host: dict[str, list[dict[str, Any]]] = {}
     for case in cases:
