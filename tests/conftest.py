@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -30,24 +30,23 @@ if str(LAB_DIR) not in sys.path:
     sys.path.insert(0, str(LAB_DIR))
 
 
+def _stop(why: str) -> NoReturn:
+    """A missing real component: fail under VIOMMU_REQUIRE_QEMU=1 (CI), else skip."""
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{why} ({REQUIRE_ENV}=1)", pytrace=False)
+    pytest.skip(why)
+
+
 def _qemu_or_stop() -> QemuBinary:
     found = find_qemu()
-    if isinstance(found, QemuBinary):
-        return found
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{found} ({REQUIRE_ENV}=1)", pytrace=False)
-    pytest.skip(found)
+    return found if isinstance(found, QemuBinary) else _stop(found)
 
 
 def _lab_kernel_or_stop() -> Path:
     from harness import find_kernel
 
     found = find_kernel()
-    if isinstance(found, Path):
-        return found
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{found} ({REQUIRE_ENV}=1)", pytrace=False)
-    pytest.skip(found)
+    return found if isinstance(found, Path) else _stop(found)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

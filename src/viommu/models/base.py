@@ -132,10 +132,17 @@ class VIOMMU(abc.ABC):
 
     #: The QEMU device name, e.g. ``intel-iommu``.
     model: str
+    #: The ``-device`` driver names the model accepts (default: ``model`` alone).
+    drivers: tuple[str, ...] = ()
 
-    def __init__(self, spec: DeviceSpec, version: QemuVersion) -> None:
+    def __init__(self, spec: DeviceSpec, version: QemuVersion, *, where: str | None = None) -> None:
+        """``where`` names the option in messages (default ``-device SPEC``); a driver the
+        model does not implement is refused there."""
         self.spec = spec
         self.version = version
+        self.where = where if where is not None else f"-device {spec}"
+        if spec.driver not in (self.drivers or (self.model,)):
+            raise InputError(f"'{spec.driver}' is not {self.model}", where=self.where)
 
     @abc.abstractmethod
     def set_iommu_device(

@@ -453,10 +453,8 @@ class IntelIOMMU(VIOMMU):
         irqchip: Irqchip = Irqchip.USERSPACE,
         where: str | None = None,
     ) -> None:
-        super().__init__(spec, version)
-        where = where if where is not None else f"-device {spec}"
-        if spec.driver != MODEL:
-            raise InputError(f"'{spec.driver}' is not {MODEL}", where=where)
+        super().__init__(spec, version, where=where)
+        where = self.where
         self.profile = Profile.of(version)
         check_id(spec.props, where=where)
         self.machine = resolve_machine(machine, version)

@@ -184,10 +184,8 @@ class SMMUv3(VIOMMU):
         machine: str | None = None,
         where: str | None = None,
     ) -> None:
-        super().__init__(spec, version)
-        where = where if where is not None else f"-device {spec}"
-        if spec.driver != MODEL:
-            raise InputError(f"'{spec.driver}' is not {MODEL}", where=where)
+        super().__init__(spec, version, where=where)
+        where = self.where
         if machine not in (None, "virt") and not (machine or "").startswith("virt-"):
             raise InputError(f"arm-smmuv3 is modelled on the arm virt machine, not {machine!r}",
                              where="-M")

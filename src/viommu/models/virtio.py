@@ -230,6 +230,7 @@ class VirtioIOMMU(VIOMMU):
     """One ``-device virtio-iommu-pci`` in a pc or q35 machine (QEMU 9.1 and later)."""
 
     model = MODEL
+    drivers = DRIVERS
 
     def __init__(
         self,
@@ -239,10 +240,8 @@ class VirtioIOMMU(VIOMMU):
         machine: str | None = None,
         where: str | None = None,
     ) -> None:
-        super().__init__(spec, version)
-        where = where if where is not None else f"-device {spec}"
-        if spec.driver not in DRIVERS:
-            raise InputError(f"'{spec.driver}' is not {MODEL}", where=where)
+        super().__init__(spec, version, where=where)
+        where = self.where
         if not version.at_least(9, 1):
             raise InputError(
                 f"virtio-iommu is modelled from QEMU 9.1 (set_iommu_device), not {version}",
