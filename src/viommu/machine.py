@@ -132,22 +132,13 @@ def create_viommu(
     return registry.create(spec, version, machine=machine_type, irqchip=irqchip, where=where)
 
 
+class _HookRefusal(Refusal):
+    """A refusal from the machine's pre-plug hook: QEMU prints it without the vfio prefix."""
+
+
 def vfio_prefix(version: QemuVersion) -> str:
     """``vfio_pci_realize``'s prefix for a set_iommu_device failure (renamed in 10.0)."""
     return "Failed to set vIOMMU: " if version.at_least(10, 0) else "Failed to set iommu_device: "
-
-
-def _is_machine_hook(model: VIOMMU, refusal: Refusal) -> bool:
-    """Refusals that come from the machine's hooks, not from set_iommu_device (no vfio prefix).
-
-    intel-iommu before 10.2: the caching-mode check is pc_hotplug_allowed() on hotplug.
-    """
-    profile = getattr(model, "profile", None)
-    return (
-        refusal.code == "caching-mode-required"
-        and profile is not None
-        and not getattr(profile, "caching_mode_in_set", True)
-    )
 
 
 # --- guest topology ------------------------------------------------------------------------
@@ -400,13 +391,15 @@ class Machine:
                 self._rebuild(changes)
                 detail["narrowed"] = dict(changes)
         try:
-            if self.policy is Policy.NONE:
-                self._legacy_hooks(hotplug=hotplug)
-            else:
+            try:
+                self.model.pre_plug(hotplug=hotplug)
+            except Refusal as exc:
+                raise _HookRefusal(exc.code, exc.message) from None
+            if self.policy is not Policy.NONE:
                 self.model.set_iommu_device(addr, hiod, hotplug=hotplug, alias=alias)
         except Refusal as exc:
             self.topology.release(addr)
-            if _is_machine_hook(self.model, exc):
+            if isinstance(exc, _HookRefusal):
                 message = exc.message
             else:
                 message = f"vfio {hiod.name}: {vfio_prefix(self.version)}{exc.message}"
@@ -417,14 +410,6 @@ class Machine:
             return self._record(event, label, False, code=exc.code, message=message, detail=detail)
         self.devices[label] = _Plugged(dev, hiod, addr, alias, HostDomain.of(hiod), hotplug)
         return self._record(event, label, True, detail=detail)
-
-    def _legacy_hooks(self, *, hotplug: bool) -> None:
-        """Before 9.1 only the machine's caching-mode hooks looked at VFIO devices."""
-        config = getattr(self.model, "config", None)
-        if hotplug and config is not None and not getattr(config, "caching_mode", True):
-            from viommu.models.intel import _CM_TEXT_SET, CACHING_MODE_REQUIRED
-
-            raise Refusal(CACHING_MODE_REQUIRED, _CM_TEXT_SET)
 
     def compare(self, hiod: HostIOMMUDevice) -> list[dict[str, Any]]:
         """Field-level comparison of the host device with the vIOMMU (what check prints)."""
@@ -439,22 +424,12 @@ class Machine:
 
     def machine_done(self) -> Decision:
         try:
-            if self.policy is Policy.NONE:
-                self._machine_done_legacy()
-            else:
-                self.model.machine_done()
+            self.model.machine_done(vfio_devices=[p.addr for p in self.devices.values()])
         except Refusal as exc:
             self.frozen = True
             return self._record("machine-done", None, False, code=exc.code, message=exc.message)
         self.frozen = True
         return self._record("machine-done", None, True)
-
-    def _machine_done_legacy(self) -> None:
-        config = getattr(self.model, "config", None)
-        if config is not None and not getattr(config, "caching_mode", True) and self.devices:
-            from viommu.models.intel import _CM_TEXT_MACHINE_DONE, CACHING_MODE_REQUIRED
-
-            raise Refusal(CACHING_MODE_REQUIRED, _CM_TEXT_MACHINE_DONE)
 
     def hotplug(self, dev: VfioDev, host: HostInventory) -> Decision:
         if not self.frozen:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from functools import total_ordering
 from typing import TYPE_CHECKING, Any
@@ -159,9 +159,18 @@ class VIOMMU(abc.ABC):
     def unset_iommu_device(self, addr: PciAddr) -> None:
         """Forget the device at ``addr`` (unplug or failed realize)."""
 
+    def pre_plug(self, *, hotplug: bool) -> None:
+        """The machine's own check of a VFIO device before it is realized (a hotplug
+        handler, not ``set_iommu_device``): its refusals carry no ``vfio NAME:`` prefix,
+        and they ran in QEMU before 9.1 too. None by default."""
+        return
+
     @abc.abstractmethod
-    def machine_done(self) -> None:
-        """The machine-init-done notifier: freeze what QEMU freezes; may raise Refusal."""
+    def machine_done(self, *, vfio_devices: Collection[PciAddr] = ()) -> None:
+        """The machine-init-done notifier: freeze what QEMU freezes; may raise Refusal.
+
+        ``vfio_devices`` are the machine's VFIO devices, registered here or not (an
+        mdev, or any device when nothing called ``set_iommu_device``)."""
 
     @abc.abstractmethod
     def reset(self) -> None:

@@ -473,11 +473,17 @@ class IntelIOMMU(VIOMMU):
 
     # -- host devices --
 
+    def pre_plug(self, *, hotplug: bool) -> None:
+        """Before 10.2, pc_hotplug_allowed() refuses a vfio-pci device_add without caching-mode."""
+        if hotplug and not self.config.caching_mode and not self.profile.caching_mode_in_set:
+            raise Refusal(CACHING_MODE_REQUIRED, _CM_TEXT_SET)
+
     def set_iommu_device(
         self, addr: PciAddr, hiod: HostIOMMUDevice, *, hotplug: bool, alias: PciAddr | None = None
     ) -> None:
-        if not self.config.caching_mode and (hotplug or self.profile.caching_mode_in_set):
-            # <10.2 this is pc_hotplug_allowed() refusing the device_add; >=10.2 vtd_dev_set_iommu_device.
+        self.pre_plug(hotplug=hotplug)
+        if not self.config.caching_mode and self.profile.caching_mode_in_set:
+            # 10.2 moved the check into vtd_dev_set_iommu_device.
             raise Refusal(CACHING_MODE_REQUIRED, _CM_TEXT_SET)
         if addr in self._devices:
             raise Refusal(DUPLICATE_HOST_IOMMU_DEVICE, "Host IOMMU device already exist")

@@ -18,7 +18,7 @@ not what that table says). ``accel=off`` (the emulated SMMUv3) has no
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -313,7 +313,7 @@ class SMMUv3(VIOMMU):
 
     # -- lifecycle --
 
-    def machine_done(self) -> None:
+    def machine_done(self, *, vfio_devices: Collection[PciAddr] = ()) -> None:
         if self.config.accel and self.config.auto_mode and not self.auto_finalised:
             raise Refusal(
                 SMMU_AUTO_UNRESOLVED,

@@ -26,7 +26,7 @@ holds the model to them):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -343,7 +343,7 @@ class VirtioIOMMU(VIOMMU):
 
     # -- lifecycle --
 
-    def machine_done(self) -> None:
+    def machine_done(self, *, vfio_devices: Collection[PciAddr] = ()) -> None:
         self.granule_frozen = True
 
     def reset(self) -> None:
