@@ -73,15 +73,14 @@ def main() -> None:
         virtio.set_iommu_device(ADDR, host48, hotplug=True)
         virtio.unset_iommu_device(ADDR)
 
-    import dataclasses
-
+    from viommu import record
     from viommu.host.profiles import load_profile
     from viommu.regs.smmuv3 import IDR5
 
     grace = load_profile("arm-nvidia-grace").devices[1]
     regs = dict(grace.caps.registers)
     regs["idr5"] = IDR5.encode({**IDR5.decode(regs["idr5"]).fields, "GRAN16K": 1})
-    smmu_host = HostIOMMUDevice(grace.name, dataclasses.replace(grace.caps, registers=regs), HiodKind.IOMMUFD)
+    smmu_host = HostIOMMUDevice(grace.name, record.replace(grace.caps, registers=regs), HiodKind.IOMMUFD)
     smmu = create(DeviceSpec.parse("arm-smmuv3,accel=on"), QemuVersion(11, 0))
 
     def smmu_set_unset() -> None:

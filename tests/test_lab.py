@@ -282,11 +282,10 @@ def _viommu_verdict(run: L1Run, outcome: dict[str, Any]) -> tuple[bool, str | No
     machine-done's). Hot plug: the command line without the device, then the check's
     "would a later hotplug of it pass" for the device QMP adds.
     """
-    from dataclasses import replace
-
     from viommu.frontends import load_vm
     from viommu.models.base import QemuVersion
     from viommu.preflight import check_vm
+    from viommu.record import replace
     from viommu.vm import VfioDev
 
     case = outcome["case"]

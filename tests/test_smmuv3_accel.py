@@ -10,10 +10,9 @@ the brief §4.3 texts.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
+from viommu import record
 from viommu.errors import InputError, Refusal
 from viommu.host.device import HiodKind, HostIOMMUDevice
 from viommu.host.profiles import load_profile
@@ -36,7 +35,7 @@ def grace(**idr: int) -> HostIOMMUDevice:
     """The bundled Grace profile's first device, as iommufd sees it, with IDRs overridden."""
     dev = load_profile("arm-nvidia-grace").devices[0]
     regs = dict(dev.caps.registers) | idr
-    return HostIOMMUDevice(dev.name, dataclasses.replace(dev.caps, registers=regs), HiodKind.IOMMUFD)
+    return HostIOMMUDevice(dev.name, record.replace(dev.caps, registers=regs), HiodKind.IOMMUFD)
 
 
 def with_fields(reg: str, **fields: int) -> dict[str, int]:
@@ -155,13 +154,13 @@ def test_checks_run_in_qemu_order() -> None:
 
 
 def test_legacy_backend_and_other_iommus_are_refused() -> None:
-    legacy = dataclasses.replace(grace(**FITTING), kind=HiodKind.LEGACY_VFIO)
+    legacy = record.replace(grace(**FITTING), kind=HiodKind.LEGACY_VFIO)
     r = refusal(smmu(), legacy)
     assert r.message == ("vfio-pci endpoint devices without an iommufd backend not allowed when using "
                          "arm-smmuv3,accel=on")
     from viommu.host.caps import IommuType
 
-    vtd = dataclasses.replace(grace(**FITTING).caps, iommu_type=IommuType.INTEL_VTD)
+    vtd = record.replace(grace(**FITTING).caps, iommu_type=IommuType.INTEL_VTD)
     r = refusal(smmu(), HostIOMMUDevice("0000:3b:00.0", vtd, HiodKind.IOMMUFD))
     assert r.message == "Wrong data type (1) for Host SMMUv3 device info"
 
@@ -197,13 +196,13 @@ def test_same_device_twice_is_accepted_a_different_one_is_not() -> None:
     dev = grace(**FITTING)
     s.set_iommu_device(ADDR, dev, hotplug=False)
     s.set_iommu_device(ADDR, dev, hotplug=False)
-    other = dataclasses.replace(dev, name="0008:01:00.1")
+    other = record.replace(dev, name="0008:01:00.1")
     assert refusal(s, other).code == "smmu-duplicate-hiod"
 
 
 def test_emulated_smmu_accepts_everything() -> None:
     s = smmu("accel=off", QemuVersion(10, 0))
-    s.set_iommu_device(ADDR, dataclasses.replace(grace(), kind=HiodKind.LEGACY_VFIO), hotplug=True)
+    s.set_iommu_device(ADDR, record.replace(grace(), kind=HiodKind.LEGACY_VFIO), hotplug=True)
 
 
 def test_narrowed_proposes_what_the_host_lacks() -> None:

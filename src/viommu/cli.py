@@ -12,10 +12,13 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
 
 from viommu import __version__
 from viommu.errors import EXIT_INPUT, ViommuError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 #: Subcommand modules, in the order ``viommu --help`` lists them.
 COMMANDS: tuple[str, ...] = (

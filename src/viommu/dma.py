@@ -18,11 +18,11 @@ inside a reserved region on a real kernel and holds this model to it.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass, field
 
 from viommu.host.caps import U64_MAX, IovaRange
 from viommu.host.device import HostIOMMUDevice
 from viommu.reasons import register
+from viommu.record import field, record
 
 #: The x86 interrupt address range: never a DMA target, whatever the vIOMMU says.
 X86_INTERRUPT_WINDOW = IovaRange(0xFEE0_0000, 0xFEEF_FFFF)
@@ -47,7 +47,7 @@ def lowest_page(mask: int) -> int:
     return mask & -mask if mask else 4096
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MapError(Exception):
     """A refused mapping: the reason code, the errno the kernel returns, and why."""
 
@@ -59,7 +59,7 @@ class MapError(Exception):
         return f"{self.message} ({errno.errorcode.get(self.errno, self.errno)})"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GuestView:
     """What a vIOMMU lets the guest map for one endpoint."""
 
@@ -101,7 +101,7 @@ class GuestView:
                            f"the vIOMMU does not let the guest map 0x{iova:x}+0x{size:x}: {why}")
 
 
-@dataclass
+@record
 class HostDomain:
     """The host IOMMU domain (VFIO container or iommufd IOAS) of one VFIO device."""
 

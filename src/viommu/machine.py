@@ -29,8 +29,6 @@ import enum
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
 
 from viommu.dma import GUEST_MAP_ILLEGAL, HOST_MAP_FAILED, HostDomain, MapError
 from viommu.errors import InputError, Refusal
@@ -39,7 +37,12 @@ from viommu.host.device import HiodKind, HostIOMMUDevice
 from viommu.host.inventory import HostInventory
 from viommu.models.base import DEFAULT_QEMU_VERSION, VIOMMU, DeviceSpec, PciAddr, QemuVersion
 from viommu.reasons import register
+from viommu.record import field, record, replace
 from viommu.vm import VfioDev
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
 
 MIGRATION_STATE_MISMATCH = register(
     "migration-state-mismatch",
@@ -88,7 +91,7 @@ class Policy(enum.Enum):
             raise InputError(f"unknown policy {text!r} (known: {known})", where=where) from None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Decision:
     """One step of the lifecycle and what came of it."""
 
@@ -200,7 +203,7 @@ def host_device(dev: VfioDev, host: HostInventory, *, alias: PciAddr | None = No
     return HostIOMMUDevice(found.name, caps, kind)
 
 
-@dataclass
+@record
 class _Plugged:
     dev: VfioDev
     hiod: HostIOMMUDevice
@@ -213,7 +216,7 @@ class _Plugged:
 # --- plan ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PlanChoice:
     """One property the plan sets, and why."""
 
@@ -225,7 +228,7 @@ class PlanChoice:
         return {"property": self.name, "value": self.value, "reason": self.reason}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Plan:
     spec: DeviceSpec
     choices: tuple[PlanChoice, ...]

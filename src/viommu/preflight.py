@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
 
 from viommu.errors import InputError
 from viommu.host.caps import ResvType, aw_bits_of
@@ -37,7 +35,12 @@ from viommu.machine import (
 )
 from viommu.models.base import DeviceSpec, QemuVersion
 from viommu.reasons import register
+from viommu.record import field, record, replace
 from viommu.vm import VfioDev, VMConfig
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -133,7 +136,7 @@ HOST_DEVICE_MISSING = register(
 )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Finding:
     """A warning: its code, what is wrong, the values involved and the suggested fix."""
 
@@ -163,7 +166,7 @@ def _round_up(value: int, align: int) -> int:
     return (value + align - 1) // align * align
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GuestLayout:
     """Guest RAM, the 64-bit PCI hole and the physical address width of a q35 guest."""
 
@@ -250,7 +253,7 @@ def _size(value: int) -> str:
 # --- reports -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DeviceReport:
     """One VFIO device: its cold-plug decision, the field comparison, and a later hotplug."""
 
@@ -313,7 +316,7 @@ def describe_vm(vm: VMConfig) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CheckReport:
     """``viommu check``: will the VM start on this host, and what else will go wrong."""
 
@@ -750,7 +753,7 @@ def _split_groups(vm: VMConfig, host: HostInventory, present: Sequence[VfioDev])
 # --- plan ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PlanReport:
     """``viommu plan``: the explicit vIOMMU that fits every host, or why none does."""
 
@@ -826,7 +829,7 @@ def _with_viommu(vm: VMConfig, spec: DeviceSpec) -> VMConfig:
 # --- migrate -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MigrateReport:
     """``viommu migrate-check``: the source start-up, then the migration decision."""
 

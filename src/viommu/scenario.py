@@ -46,7 +46,6 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,7 @@ from viommu.errors import InputError
 from viommu.host.inventory import HostInventory
 from viommu.machine import Decision, Machine, Policy
 from viommu.models.base import DEFAULT_QEMU_VERSION, DeviceSpec, QemuVersion
+from viommu.record import field, record, replace
 from viommu.vm import IOMMUFD, LEGACY, VfioDev, VMConfig
 
 EVENTS = ("hotplug", "unplug", "reset", "dma-map", "dma-unmap", "migrate")
@@ -75,14 +75,14 @@ _SIZE = re.compile(r"(0x[0-9a-fA-F]+|\d+)\s*([KMGT]?)(i?B)?", re.IGNORECASE)
 _SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Event:
     do: str
     args: Mapping[str, Any]
     where: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Scenario:
     path: str
     vm: VMConfig
@@ -352,7 +352,7 @@ def _event(
     return Event(do, args, loc.at(name))
 
 
-@dataclass
+@record
 class Simulation:
     """The outcome of running a scenario: the trace and whether the VM ever started."""
 

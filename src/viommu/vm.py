@@ -9,16 +9,15 @@ backend, and every part the front end could not take is listed in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from viommu.models.base import DeviceSpec
+from viommu.record import field, record
 
 #: VFIO backends of a vfio-pci device: a legacy VFIO container, or ``iommufd=ID``.
 LEGACY = "legacy"
 IOMMUFD = "iommufd"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VfioDev:
     """One ``vfio-pci`` device (or libvirt ``<hostdev>``) of the VM."""
 
@@ -54,7 +53,7 @@ class VfioDev:
         return self.id or self.host
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Unsupported:
     """A part of the input that was read but is not modelled (reported, never dropped)."""
 
@@ -62,7 +61,7 @@ class Unsupported:
     where: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VMConfig:
     """A VM as far as the vIOMMU framework cares."""
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import os.path
 import sys
-from typing import TYPE_CHECKING, Any, TextIO
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
 if TYPE_CHECKING:
+    from typing import Any, TextIO
+
     from viommu.host.inventory import HostInventory
     from viommu.models.base import QemuVersion
     from viommu.vm import VMConfig

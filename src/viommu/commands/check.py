@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any
 
 from viommu.commands._common import add_common_arguments, add_vm_argument
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
 if TYPE_CHECKING:
+    from typing import Any
+
     from viommu.preflight import CheckReport, DeviceReport, Finding
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from viommu.errors import InputError
+from viommu.record import replace
 
 if TYPE_CHECKING:
     from viommu.regs.logparse import LogUnit

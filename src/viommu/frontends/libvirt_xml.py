@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 from xml.etree.ElementTree import Element, ParseError, TreeBuilder
 
@@ -28,6 +27,7 @@ import defusedxml.ElementTree as DET
 
 from viommu.errors import InputError
 from viommu.models.base import DeviceSpec
+from viommu.record import record
 from viommu.vm import Unsupported, VfioDev, VMConfig
 
 #: libvirt model -> QEMU device (virtio-iommu is QEMU's alias of virtio-iommu-pci).
@@ -58,7 +58,7 @@ _UNIT = {"b": 1, "bytes": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 1000, "m": 1 <<
 _QEMU_NS = "{http://libvirt.org/schemas/domain/qemu/1.0}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Span:
     """Where an element stands in the document: 1-based line, byte offsets [start, end)."""
 
@@ -101,7 +101,7 @@ def _tag_end(data: bytes, start: int) -> int:
     return m.end() if m else start
 
 
-@dataclass
+@record
 class Document:
     """A parsed domain: the root element and every element's span."""
 

@@ -18,11 +18,11 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from viommu.errors import InputError
 from viommu.frontends.words import Word, is_env_assignment
 from viommu.models.base import DeviceSpec
+from viommu.record import field, record
 from viommu.vm import Unsupported, VfioDev, VMConfig
 
 #: vIOMMU device models (``virtio-iommu`` is QEMU's alias of ``virtio-iommu-pci``).
@@ -200,7 +200,7 @@ def _object_props(text: str, *, where: str) -> dict[str, str]:
     return parse_opts(text, "qom-type")
 
 
-@dataclass
+@record
 class _Dev:
     """One ``-device`` as read, before ``-set``/``-global`` are applied."""
 

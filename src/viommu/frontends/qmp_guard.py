@@ -35,7 +35,6 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from viommu.errors import InputError
@@ -43,6 +42,7 @@ from viommu.host.pci import check_bdf
 from viommu.machine import DEVICE_EXISTS, Decision, Machine, Policy
 from viommu.models.base import DeviceSpec, QemuVersion
 from viommu.reasons import register
+from viommu.record import field, record, replace
 from viommu.vm import VfioDev
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ class QmpError(InputError):
 # --- what the guard reads ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PluggedDevice:
     """A device the VM already has (a child of /machine/peripheral or peripheral-anon)."""
 
@@ -165,7 +165,7 @@ class PluggedDevice:
                 "iommufd": self.iommufd, "bus": self.bus, "devfn": self.devfn}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VMState:
     """What the guard read from the running VM."""
 
@@ -201,7 +201,7 @@ class VMState:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HotplugRequest:
     """The device to hotplug: ``device_add driver=vfio-pci,host=BDF[,id=ID][,bus=BUS][,iommufd=ID]``."""
 
@@ -229,7 +229,7 @@ class HotplugRequest:
         return args
 
 
-@dataclass
+@record
 class GuardResult:
     """The decision, what was (or would have been) sent, and QEMU's reply."""
 

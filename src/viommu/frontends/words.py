@@ -13,16 +13,16 @@ continuations, so that every error can name ``FILE:LINE``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from viommu.errors import InputError
+from viommu.record import record
 
 _BLANK = " \t\r"
 _DQ_ESCAPES = '$`"\\\n'
 _ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Word:
     """One shell word and the 1-based line its first character is on."""
 

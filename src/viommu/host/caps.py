@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
 
 from viommu.errors import InputError
+from viommu.record import field, record, replace
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
 
 U64_MAX = (1 << 64) - 1
 
@@ -52,7 +55,7 @@ class ResvType(enum.Enum):
     MSI = "msi"
 
 
-@dataclass(frozen=True, order=True)
+@record(frozen=True, order=True)
 class IovaRange:
     """An IOVA window ``[start, last]``; ``last`` is inclusive, as in the kernel uapi."""
 
@@ -73,7 +76,7 @@ class IovaRange:
         return [f"0x{self.start:x}", f"0x{self.last:x}"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ReservedRegion:
     """A host reserved region ``[start, last]`` (inclusive) of one type.
 
@@ -125,7 +128,7 @@ def complement(ranges: Iterable[IovaRange], lo: int = 0, hi: int = U64_MAX) -> t
     return tuple(holes)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HwCaps:
     """Hardware capabilities as iommufd reports them (``out_capabilities`` and friends)."""
 
@@ -146,7 +149,7 @@ class HwCaps:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PciAlias:
     """Requester-ID aliasing: set when the device sits behind a PCIe-to-PCI bridge."""
 
@@ -163,7 +166,7 @@ class PciAlias:
         return {"bridge": self.bridge, "alias_bdf": self.alias_bdf}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HostIOMMUCaps:
     """Everything known about the host IOMMU behind one device."""
 

@@ -17,9 +17,9 @@ they expose (qemu-framework brief §2.2), and the vIOMMU checks depend on it:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 from viommu.host.caps import U64_MAX, HostIOMMUCaps, IovaRange, aw_bits_of
+from viommu.record import record
 
 #: ``HOST_IOMMU_DEVICE_CAP_IOMMU_TYPE`` and ``HOST_IOMMU_DEVICE_CAP_AW_BITS``.
 CAP_IOMMU_TYPE = 0
@@ -42,7 +42,7 @@ class CapUnsupported(Exception):
     """``get_cap`` failed; the message is QEMU's text."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HostIOMMUDevice:
     """One host IOMMU device: the VFIO device ``name`` (a BDF) and its host caps."""
 

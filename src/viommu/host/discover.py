@@ -18,11 +18,11 @@ This module imports the backends lazily so that importing it stays cheap.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from viommu.errors import HostAccessError, InputError
+from viommu.record import replace
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
 if TYPE_CHECKING:
     from pathlib import Path
 

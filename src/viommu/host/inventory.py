@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
 from viommu.errors import InputError
 from viommu.host.caps import HostIOMMUCaps, IommuType, ReservedRegion, ResvType
 from viommu.host.device import HiodKind, HostIOMMUDevice
+from viommu.record import field, record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
 
 SCHEMA = "viommu-snapshot/1"
 
@@ -26,7 +29,7 @@ def natural_key(name: str) -> tuple[Any, ...]:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Machine:
     """The identity of the host a discovery describes (None: not readable)."""
 
@@ -47,7 +50,7 @@ class Machine:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ScalableMode:
     """Whether the kernel runs VT-d units in scalable mode, and how that was decided.
 
@@ -63,7 +66,7 @@ class ScalableMode:
         return {"enabled": self.enabled, "source": self.source}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IommuUnit:
     """One hardware IOMMU (``/sys/class/iommu/<name>``) and what Linux derives from it."""
 
@@ -100,7 +103,7 @@ class IommuUnit:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IommuGroup:
     """One IOMMU group (``/sys/kernel/iommu_groups/<number>``)."""
 
@@ -121,7 +124,7 @@ class IommuGroup:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PciInfo:
     """Identity of one PCI function (None: not readable)."""
 
@@ -141,7 +144,7 @@ class PciInfo:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HostInventory:
     """Everything one discovery found, and which backend found it and why."""
 

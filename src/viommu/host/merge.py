@@ -8,8 +8,6 @@ checks the derivation against a real kernel.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from viommu.host import units as unitmod
 from viommu.host.caps import HostIOMMUCaps, HwCaps, IommuType, aw_bits_of
 from viommu.host.device import HiodKind, HostIOMMUDevice
@@ -19,6 +17,7 @@ from viommu.host.probes import IommufdProbe, LegacyProbe
 from viommu.host.sysfs import iter_vfio_devices
 from viommu.host.uapi.syscalls import SysOps
 from viommu.host.vfio import probe_legacy
+from viommu.record import replace
 
 #: IOMMU_HW_CAP_DIRTY_TRACKING in ``out_capabilities``.
 _HW_CAP_DIRTY_TRACKING = 1 << 0

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import pairwise
 
 from viommu.errors import InputError
 from viommu.host.caps import PciAlias
+from viommu.record import record
 
 BDF = re.compile(r"([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])")
 
@@ -62,7 +62,7 @@ PCI_EXP_TYPE_PCI_BRIDGE = 0x7
 PCI_EXP_TYPE_PCIE_BRIDGE = 0x8
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Hop:
     """One device on the path from the root bus to a device: its address and whether it is PCIe."""
 

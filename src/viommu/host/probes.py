@@ -7,12 +7,11 @@ regions) into :class:`~viommu.host.caps.HostIOMMUCaps`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from viommu.host.caps import IovaRange
+from viommu.record import field, record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LegacyProbe:
     """VFIO type1 container facts (VFIO_IOMMU_GET_INFO and its capability chain)."""
 
@@ -30,7 +29,7 @@ class LegacyProbe:
     extensions: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IommufdProbe:
     """iommufd facts (IOMMU_GET_HW_INFO, IOAS attach, IOMMU_IOAS_IOVA_RANGES)."""
 

@@ -9,12 +9,12 @@ device topology and reserved regions are those a machine of that kind has.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
 from viommu.errors import InputError
 from viommu.host.inventory import HostInventory
+from viommu.record import record, replace
 
 #: A 39-bit client VT-d part: aw-bits 48 on the vIOMMU does not fit it, the case
 #: the capability-check series was written for.
@@ -24,7 +24,7 @@ _PACKAGE = "viommu"
 _DIR = "data/profiles"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProfileInfo:
     """One line of ``viommu profiles``."""
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 
 from viommu.errors import HostAccessError, InputError
 from viommu.host.inventory import SCHEMA, HostInventory
+from viommu.record import replace
 
 #: Schemas this version can name when refusing them.
 _SCHEMA_PREFIX = "viommu-snapshot/"

@@ -15,19 +15,21 @@ from __future__ import annotations
 import abc
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from functools import total_ordering
-from typing import TYPE_CHECKING, Any
 
 from viommu.errors import InputError
 from viommu.host.device import HostIOMMUDevice
+from viommu.record import record
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
 if TYPE_CHECKING:
+    from typing import Any
+
     from viommu.dma import GuestView
 
 
 @total_ordering
-@dataclass(frozen=True)
+@record(frozen=True)
 class QemuVersion:
     """A QEMU release as ``major.minor[.micro]``; profiles exist for 9.1, 9.2, 10.0, 10.2, 11.0."""
 
@@ -57,7 +59,7 @@ class QemuVersion:
 DEFAULT_QEMU_VERSION = QemuVersion(10, 0)
 
 
-@dataclass(frozen=True, order=True)
+@record(frozen=True, order=True)
 class PciAddr:
     """A guest PCI address: bus number and devfn (slot << 3 | function)."""
 
@@ -76,7 +78,7 @@ class PciAddr:
         return f"{self.bus:02x}:{self.slot:02x}.{self.function}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DeviceSpec:
     """A parsed ``-device DRIVER,key=value,...`` string."""
 

@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
-from typing import Any
+from functools import cache
 
 from viommu.dma import X86_INTERRUPT_WINDOW, GuestView
 from viommu.errors import InputError, Refusal
@@ -53,7 +52,12 @@ from viommu.models.qdev import (
     set_properties,
 )
 from viommu.reasons import register
+from viommu.record import record
 from viommu.regs.vtd import CAP, ECAP
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
 
 MODEL = "intel-iommu"
 
@@ -177,7 +181,7 @@ class Irqchip(enum.Enum):
 PROFILES = ("9.1", "9.2", "10.0", "10.1", "10.2", "11.0")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Profile:
     """What differs between the QEMU releases intel-iommu is modelled for."""
 
@@ -231,57 +235,69 @@ class Profile:
         """11.0.0-11.0.2: VTD_ECAP_PT ended up in the CAP initializer (CAP bit 6, PHMR)."""
         return self.renamed and not self.version.at_least(11, 0, 3)
 
-    def schema(self) -> dict[str, PropSpec]:
-        b, ooa, u8, u32 = PropKind.BOOL, PropKind.ON_OFF_AUTO, PropKind.UINT8, PropKind.UINT32
-        specs = [
-            PropSpec("version", u32, 0),
-            PropSpec("eim", ooa, OnOffAuto.AUTO),
-            PropSpec("aw-bits", u8, self.default_aw_bits),
-            PropSpec("caching-mode", b, False),
-            PropSpec(self.scalable_prop, b, False),
-            PropSpec("snoop-control", b, False),
-            PropSpec("x-pasid-mode", b, False),
-            PropSpec("dma-translation", b, True),
-            # X86IOMMUState (the parent type) properties:
-            PropSpec("intremap", ooa, OnOffAuto.AUTO),
-            PropSpec("device-iotlb", b, False),
-        ]
-        if not self.renamed:
-            specs += [PropSpec("x-buggy-eim", b, False), PropSpec("dma-drain", b, True)]
-            specs.append(PropSpec("pt", b, True))
-        if self.flts:
-            specs += [PropSpec(self.flts_prop, b, False), PropSpec("fs1gp", b, True)]
-            specs.append(PropSpec("stale-tm", b, False))
-        if self.renamed:
-            specs.append(PropSpec("svm", b, False))
-        return {s.name: s for s in sorted(specs, key=lambda s: s.name)}
+    def schema(self) -> Mapping[str, PropSpec]:
+        """The properties, by name (computed once per release: callers must not change it)."""
+        return _schema(self)
 
-    def defaults(self, machine: MachineType) -> dict[str, PropValue]:
-        """Property defaults after the machine type's ``pc_compat_*`` entries.
+    def defaults(self, machine: MachineType) -> Mapping[str, PropValue]:
+        """Property defaults after the machine type's ``pc_compat_*`` entries (once per release
+        and machine type: callers must not change them).
 
         Read from the 10.0 binary (``-M pc-q35-X.Y -device intel-iommu``):
         <=9.1 aw-bits=39 (and stale-tm=on), <=3.1 dma-drain=off, <=2.9 pt=off,
         <=2.7 x-buggy-eim=on. A compat entry only applies where the property exists.
         """
-        schema = self.schema()
-        values: dict[str, PropValue] = {name: spec.default for name, spec in schema.items()}
-        compat: list[tuple[tuple[int, int], str, PropValue]] = [
-            ((9, 1), "aw-bits", 39),
-            ((9, 1), "stale-tm", True),
-            ((3, 1), "dma-drain", False),
-            ((2, 9), "pt", False),
-            ((2, 7), "x-buggy-eim", True),
-        ]
-        for (major, minor), name, value in compat:
-            if name in schema and machine.older_or_equal(major, minor):
-                values[name] = value
-        return values
+        return _defaults(self, machine)
+
+
+@cache
+def _schema(profile: Profile) -> Mapping[str, PropSpec]:
+    b, ooa, u8, u32 = PropKind.BOOL, PropKind.ON_OFF_AUTO, PropKind.UINT8, PropKind.UINT32
+    specs = [
+        PropSpec("version", u32, 0),
+        PropSpec("eim", ooa, OnOffAuto.AUTO),
+        PropSpec("aw-bits", u8, profile.default_aw_bits),
+        PropSpec("caching-mode", b, False),
+        PropSpec(profile.scalable_prop, b, False),
+        PropSpec("snoop-control", b, False),
+        PropSpec("x-pasid-mode", b, False),
+        PropSpec("dma-translation", b, True),
+        # X86IOMMUState (the parent type) properties:
+        PropSpec("intremap", ooa, OnOffAuto.AUTO),
+        PropSpec("device-iotlb", b, False),
+    ]
+    if not profile.renamed:
+        specs += [PropSpec("x-buggy-eim", b, False), PropSpec("dma-drain", b, True)]
+        specs.append(PropSpec("pt", b, True))
+    if profile.flts:
+        specs += [PropSpec(profile.flts_prop, b, False), PropSpec("fs1gp", b, True)]
+        specs.append(PropSpec("stale-tm", b, False))
+    if profile.renamed:
+        specs.append(PropSpec("svm", b, False))
+    return {s.name: s for s in sorted(specs, key=lambda s: s.name)}
+
+
+@cache
+def _defaults(profile: Profile, machine: MachineType) -> Mapping[str, PropValue]:
+    schema = profile.schema()
+    values: dict[str, PropValue] = {name: spec.default for name, spec in schema.items()}
+    compat: list[tuple[tuple[int, int], str, PropValue]] = [
+        ((9, 1), "aw-bits", 39),
+        ((9, 1), "stale-tm", True),
+        ((3, 1), "dma-drain", False),
+        ((2, 9), "pt", False),
+        ((2, 7), "x-buggy-eim", True),
+    ]
+    for (major, minor), name, value in compat:
+        if name in schema and machine.older_or_equal(major, minor):
+            values[name] = value
+    return values
 
 
 # --- configuration (realize) ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class IntelConfig:
     """The resolved device state that CAP/ECAP and the checks read."""
 
@@ -386,8 +402,10 @@ def _realize(profile: Profile, values: Mapping[str, PropValue], irqchip: Irqchip
 # --- registers (vtd_cap_init) ------------------------------------------------------------------
 
 
+@cache
 def registers(profile: Profile, cfg: IntelConfig) -> tuple[int, int]:
-    """CAP_REG and ECAP_REG as ``vtd_cap_init`` (and ``vtd_init`` for svm) compose them."""
+    """CAP_REG and ECAP_REG as ``vtd_cap_init`` (and ``vtd_init`` for svm) compose them
+    (once per release and configuration)."""
     cap: dict[str, int] = {
         "ND": 6,  # 16-bit domain ids
         "FRO": 0x220 >> 4,  # fault-recording registers at 0x220

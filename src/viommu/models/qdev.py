@@ -24,11 +24,11 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from viommu.errors import InputError
 from viommu.models.base import QemuVersion
 from viommu.reasons import register
+from viommu.record import record
 
 UNKNOWN_PROPERTY = register(
     "unknown-property",
@@ -116,7 +116,7 @@ class PropKind(enum.Enum):
 PropValue = bool | int | str | OnOffAuto
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PropSpec:
     """One qdev property: its name, type and default (before machine compat)."""
 
@@ -376,7 +376,7 @@ Q35_BUSES: Mapping[str, str | None] = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MachineType:
     """A resolved ``-M`` value: ``family`` is q35, i440fx or microvm; ``version`` its compat level."""
 

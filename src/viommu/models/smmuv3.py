@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -38,6 +37,7 @@ from viommu.models.qdev import (
     set_properties,
 )
 from viommu.reasons import register
+from viommu.record import record
 from viommu.regs.smmuv3 import IDR0, IDR1, IDR3, IDR5, OAS_BITS, pgsize_bitmap
 
 MODEL = "arm-smmuv3"
@@ -118,7 +118,7 @@ def _schema() -> dict[str, PropSpec]:
     return {s.name: s for s in specs}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SmmuConfig:
     accel: bool
     ril: OnOffAuto

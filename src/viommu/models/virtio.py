@@ -27,7 +27,6 @@ holds the model to them):
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from viommu.dma import GuestView, lowest_page
@@ -51,6 +50,7 @@ from viommu.models.qdev import (
     set_properties,
 )
 from viommu.reasons import register
+from viommu.record import record
 
 MODEL = "virtio-iommu-pci"
 BACKEND = "virtio-iommu-device"
@@ -162,7 +162,7 @@ def _defaults(schema: Mapping[str, PropSpec], machine: MachineType) -> dict[str,
     return values
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VirtioConfig:
     """The realized device: what the config space and the checks read."""
 

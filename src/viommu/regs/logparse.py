@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from viommu.errors import InputError
 from viommu.hexparse import parse_hex
+from viommu.record import field, record
 from viommu.regs import amd, vtd
 from viommu.regs.unit import UnitDecode
 
@@ -66,7 +66,7 @@ _PREFIX = re.compile(
 )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LogUnit:
     """One unit found in a log: where it was, and its decode (or an SMMUv3 summary)."""
 
@@ -90,7 +90,7 @@ class LogUnit:
         return out
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LogScan:
     """Every unit found, and the lines that looked like unit messages but did not parse."""
 

@@ -12,10 +12,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from viommu.errors import InputError
 from viommu.hexparse import parse_hex
+from viommu.record import record
 from viommu.regs import vtd
 
 
@@ -45,7 +45,7 @@ def kernel_version(release: str, *, where: str | None = None) -> tuple[int, int]
     return int(match[1]), int(match[2])
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AmdFeatures:
     """EFR and EFR2 from a ``features`` file, and how the field order was chosen."""
 

@@ -11,14 +11,17 @@ Bits that no field covers are kept as ``undefined`` so that
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
 
 from viommu.errors import InputError
+from viommu.record import field, record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Field:
     """One register field: ``name`` is the spec abbreviation, bits ``lsb..msb`` inclusive."""
 
@@ -50,7 +53,7 @@ class Field:
         return self.meaning
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Decoded:
     """A register value split into its named fields."""
 
@@ -82,7 +85,7 @@ class Decoded:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Register:
     """A named register of ``width`` bits and its field table."""
 

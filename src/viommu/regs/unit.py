@@ -11,13 +11,16 @@ contract of ``viommu decode``::
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
 
+from viommu.record import record
 from viommu.regs.table import Decoded
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
 
-@dataclass(frozen=True)
+
+@record(frozen=True)
 class UnitDecode:
     """One unit: ``registers`` in contract order as (JSON key, decoded value)."""
 

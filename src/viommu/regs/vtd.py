@@ -16,11 +16,13 @@ positions are those of Linux's ``cap_*``/``ecap_*`` accessors
 
 from __future__ import annotations
 
-from typing import Any
-
 from viommu.errors import InputError
 from viommu.regs.table import Field, Register
 from viommu.regs.unit import UnitDecode, ValueText, bits_list, page_sizes, sizes_text, yes_no
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
+if TYPE_CHECKING:
+    from typing import Any
 
 SZ_4K = 1 << 12
 SZ_2M = 1 << 21

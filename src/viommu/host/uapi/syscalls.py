@@ -18,9 +18,9 @@ import os
 import stat
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 
 from viommu.errors import HostAccessError, ViommuError
+from viommu.record import record
 
 #: What an ioctl takes: an int by value, or a mutable buffer the kernel reads and writes in place.
 IoctlArg = int | bytearray | ctypes.Structure | ctypes.c_int32
@@ -45,7 +45,7 @@ def errno_name(code: int) -> str:
     return errno.errorcode.get(code, f"errno {code}")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NodeStat:
     """The parts of ``fstat`` discovery checks."""
 
