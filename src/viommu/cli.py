@@ -9,7 +9,6 @@ Each subcommand lives in ``viommu.commands.<name>`` and exposes
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -111,7 +110,9 @@ def build_parser(words: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS if only is None else (only,):
-        module = importlib.import_module(f"viommu.commands.{name}")
+        qualified = f"viommu.commands.{name}"
+        __import__(qualified)  # importlib.import_module, without importing importlib
+        module = sys.modules[qualified]
         module.register(sub)
     return parser
 
@@ -122,7 +123,7 @@ def import_reason_modules() -> None:
 
     registry.import_all()
     for name in REASON_MODULES:
-        importlib.import_module(name)
+        __import__(name)
 
 
 def explain(code: str) -> int:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import enum
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from viommu.dma import GUEST_MAP_ILLEGAL, HOST_MAP_FAILED, HostDomain, MapError
@@ -35,6 +34,7 @@ from viommu.errors import InputError, Refusal
 from viommu.host.caps import PciAlias
 from viommu.host.device import HiodKind, HostIOMMUDevice
 from viommu.host.inventory import HostInventory
+from viommu.lazyre import Pattern
 from viommu.models.base import DEFAULT_QEMU_VERSION, VIOMMU, DeviceSpec, PciAddr, QemuVersion
 from viommu.reasons import register
 from viommu.record import field, record, replace
@@ -147,7 +147,7 @@ def vfio_prefix(version: QemuVersion) -> str:
 # --- guest topology ------------------------------------------------------------------------
 
 _ROOT_BUSES = (None, "", "pcie.0", "pci.0", "pcie", "pci")
-_ADDR = re.compile(r"(?:0x)?([0-9a-fA-F]{1,2})(?:\.(?:0x)?([0-7]))?")
+_ADDR = Pattern(r"(?:0x)?([0-9a-fA-F]{1,2})(?:\.(?:0x)?([0-7]))?")
 
 
 def parse_guest_addr(text: str, *, where: str | None = None) -> tuple[int, int]:

@@ -18,7 +18,6 @@ GiB boundary above RAM (and above the hotplug memory region with ``maxmem``).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 from viommu.errors import InputError
@@ -386,7 +385,8 @@ def machine_type(vm: VMConfig) -> str | None:
     """The machine type as upstream QEMU names it: Proxmox's ``q35+pve0`` is its ``q35``."""
     if vm.machine is None:
         return None
-    return re.sub(r"\+pve\d+$", "", vm.machine)
+    base, pve, build = vm.machine.rpartition("+pve")
+    return base if pve and build.isdecimal() else vm.machine  # \\+pve\\d+$
 
 
 def _no_viommu(dev: VfioDev, event: str) -> Decision:

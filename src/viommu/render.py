@@ -55,5 +55,4 @@ def table(
 def dump_json(data: Any, stream: TextIO | None = None) -> None:
     """Deterministic JSON: sorted keys are not used, insertion order is the contract."""
     target = stream if stream is not None else sys.stdout
-    json.dump(data, target, indent=2)
-    target.write("\n")
+    target.write(json.dumps(data, indent=2) + "\n")  # one write, not one per token

@@ -8,7 +8,6 @@ after ``--`` are a QEMU command line too. ``-`` reads standard input.
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Sequence
 
@@ -28,13 +27,22 @@ def _read(path: str) -> str:
     except OSError as exc:
         raise InputError(f"cannot read the VM description: {exc.strerror}", where=path) from None
     try:
-        return data.decode("utf-8-sig")
+        # utf-8-sig, by hand: the codec module costs an import
+        return data[3:].decode() if data.startswith(b"\xef\xbb\xbf") else data.decode()
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text (byte {exc.start})", where=path) from None
 
 
-#: What every scenario has: a ``[table]`` header or a top-level ``viommu =`` key.
-_TOML_HINT = re.compile(r"^\s*(?:\[|viommu\s*=)", re.MULTILINE)
+def _toml_hint(text: str) -> bool:
+    """What every scenario has: a ``[table]`` header or a top-level ``viommu =`` key
+    (``^\\s*(?:\\[|viommu\\s*=)`` on some line, without a regular expression)."""
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        if stripped.startswith("[") or (
+            stripped.startswith("viommu") and stripped[len("viommu") :].lstrip().startswith("=")
+        ):
+            return True
+    return False
 
 
 def detect_kind(text: str) -> str:
@@ -42,7 +50,7 @@ def detect_kind(text: str) -> str:
     if text.lstrip("\ufeff \t\r\n").startswith("<"):
         # An XML declaration and comments start with "<" as well.
         return "libvirt"
-    if not _TOML_HINT.search(text):
+    if not _toml_hint(text):
         return "qemu"  # no table header and no viommu key: not worth parsing as TOML
     import tomllib
 

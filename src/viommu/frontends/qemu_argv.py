@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 
 from viommu.errors import InputError
 from viommu.frontends.words import Word, is_env_assignment
+from viommu.lazyre import Pattern
 from viommu.models.base import DeviceSpec
 from viommu.record import field, record
 from viommu.vm import Unsupported, VfioDev, VMConfig
@@ -69,9 +70,14 @@ _NO_ARG = frozenset(
 #: Options whose argument we read: a missing argument is an error here.
 _READ = frozenset({"M", "machine", "accel", "cpu", "m", "device", "object", "global", "set",
                    "readconfig"})
-_PROGRAM = re.compile(r"(qemu-system-[\w.-]+|qemu-kvm|kvm|qemu)")
-_BDF = re.compile(r"(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
-_SIZE = re.compile(r"\s*(0[xX][0-9a-fA-F]+|\d+(?:\.\d*)?|\.\d+)\s*([bBkKmMgGtTpPeE]?)\s*")
+def _is_qemu_program(name: str) -> bool:
+    """``qemu-system-[\\w.-]+|qemu-kvm|kvm|qemu`` (``\\w`` is ``str.isalnum`` or ``_``)."""
+    if name in ("qemu-kvm", "kvm", "qemu"):
+        return True
+    rest = name[len("qemu-system-") :]
+    return name.startswith("qemu-system-") and bool(rest) and all(c.isalnum() or c in "_.-" for c in rest)
+_BDF = Pattern(r"(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
+_SIZE = Pattern(r"\s*(0[xX][0-9a-fA-F]+|\d+(?:\.\d*)?|\.\d+)\s*([bBkKmMgGtTpPeE]?)\s*")
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50,
           "e": 1 << 60}
 _TRUE = frozenset({"on", "yes", "true", "y"})
@@ -253,7 +259,7 @@ class _Reader:
             i += 1
         if i < len(self.words) and not self.words[i].text.startswith("-"):
             program = os.path.basename(self.words[i].text)
-            if _PROGRAM.fullmatch(program) is None:
+            if not _is_qemu_program(program):
                 raise InputError(f"{self.words[i].text!r} is neither a QEMU option nor a QEMU binary "
                                  "(expected qemu-system-*, qemu-kvm or kvm)", where=self.where(i))
             if program in ("kvm", "qemu-kvm"):

@@ -12,14 +12,16 @@ continuations, so that every error can name ``FILE:LINE``.
 
 from __future__ import annotations
 
-import re
-
 from viommu.errors import InputError
+from viommu.lazyre import Pattern
 from viommu.record import record
 
 _BLANK = " \t\r"
 _DQ_ESCAPES = '$`"\\\n'
-_ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+#: A run of characters that are neither blank nor quoting.
+_PLAIN = Pattern(r"[^ \t\r\n\\'\"]+")
+_NAME_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_NAME_CHARS = _NAME_START | frozenset("0123456789")
 
 
 @record(frozen=True)
@@ -90,12 +92,15 @@ def split_words(text: str, *, path: str) -> list[Word]:
                         buf.append(c)
                         i += 1
                 else:
-                    buf.append(ch)
-                    i += 1
+                    run = _PLAIN.match(text, i)  # the characters up to the next special one
+                    assert run is not None  # text[i] is not special
+                    buf.append(run.group())
+                    i = run.end()
             words.append(Word("".join(buf), start))
     return words
 
 
 def is_env_assignment(word: str) -> bool:
     """``LC_ALL=C`` before the program, as in libvirt's ``.args`` files."""
-    return _ENV.match(word) is not None
+    name, sep, _ = word.partition("=")  # [A-Za-z_][A-Za-z0-9_]*= at the start
+    return bool(sep and name and name[0] in _NAME_START and _NAME_CHARS.issuperset(name))

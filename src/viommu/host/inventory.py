@@ -260,6 +260,14 @@ class HostInventory:
 _MACHINE_KEYS = ("hostname", "product", "cpu", "kernel", "captured_at")
 
 
+_LOWER_HEX = frozenset("0123456789abcdef")
+
+
+def _is_hex(text: str) -> bool:
+    """``0x[0-9a-f]+``, the snapshot's spelling of a register value."""
+    return text.startswith("0x") and len(text) > 2 and _LOWER_HEX.issuperset(text[2:])
+
+
 def _hex_or_none(value: int | None) -> str | None:
     return None if value is None else f"0x{value:x}"
 
@@ -302,7 +310,7 @@ class _Reader:
         return self.get(obj, key, path, (bool, type(None)))  # type: ignore[no-any-return]
 
     def hex(self, value: Any, path: str) -> int:
-        if not isinstance(value, str) or re.fullmatch(r"0x[0-9a-f]+", value) is None:
+        if not isinstance(value, str) or not _is_hex(value):
             raise self.fail(path, f"expected a hex string like 0x1f, found {value!r}")
         return int(value, 16)
 

@@ -13,7 +13,6 @@ machine adds per version).
 from __future__ import annotations
 
 import abc
-import re
 from collections.abc import Collection, Mapping
 from functools import total_ordering
 
@@ -39,10 +38,11 @@ class QemuVersion:
 
     @classmethod
     def parse(cls, text: str, *, where: str | None = "--qemu-version") -> QemuVersion:
-        m = re.fullmatch(r"(\d+)\.(\d+)(?:\.(\d+))?", text.strip())
-        if m is None:
+        parts = text.strip().split(".")
+        # (\d+)\.(\d+)(?:\.(\d+))?, without a regular expression (this runs on every start-up)
+        if not 2 <= len(parts) <= 3 or not all(p.isdecimal() for p in parts):
             raise InputError(f"{text!r} is not a QEMU version like 10.0", where=where)
-        return cls(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))
+        return cls(int(parts[0]), int(parts[1]), int(parts[2]) if len(parts) == 3 else 0)
 
     def __lt__(self, other: object) -> bool:
         if not isinstance(other, QemuVersion):
@@ -91,18 +91,19 @@ class DeviceSpec:
         parts: list[str] = []
         current: list[str] = []
         i = 0
-        while i < len(text):
-            ch = text[i]
-            if ch == "," and text[i + 1 : i + 2] == ",":
+        while True:
+            comma = text.find(",", i)
+            if comma < 0:
+                current.append(text[i:])
+                break
+            current.append(text[i:comma])
+            if text.startswith(",", comma + 1):  # ",," is a literal comma
                 current.append(",")
-                i += 2
-                continue
-            if ch == ",":
+                i = comma + 2
+            else:
                 parts.append("".join(current))
                 current = []
-            else:
-                current.append(ch)
-            i += 1
+                i = comma + 1
         parts.append("".join(current))
         driver = parts[0].strip()
         if driver.startswith("driver="):

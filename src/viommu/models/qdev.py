@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterable, Mapping
 
 from viommu.errors import InputError
+from viommu.lazyre import Pattern
 from viommu.models.base import QemuVersion
 from viommu.reasons import register
 from viommu.record import record
@@ -131,8 +132,8 @@ _FALSE = ("off", "no", "false", "n")
 _UINT_BITS = {PropKind.UINT8: 8, PropKind.UINT32: 32}
 _U64_MAX = (1 << 64) - 1
 #: strtoull with base 0: C-locale white space, a sign, then hex (0x), octal (0) or decimal.
-_STRTOU64 = re.compile(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
-_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
+_STRTOU64 = Pattern(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+_IDENT = Pattern(r"[A-Za-z][A-Za-z0-9._-]*")
 
 #: Properties every device inherits from TYPE_DEVICE that have no setter.
 READ_ONLY = frozenset({"type", "parent_bus", "hotplugged", "hotpluggable"})
@@ -197,7 +198,7 @@ def parse_int32(name: str, text: str) -> int:
     return value
 
 
-_SIZE = re.compile(r"(0[xX][0-9a-fA-F]+|[0-9]+(?:\.[0-9]+)?)([bBkKmMgGtTpPeE]?)")
+_SIZE = Pattern(r"(0[xX][0-9a-fA-F]+|[0-9]+(?:\.[0-9]+)?)([bBkKmMgGtTpPeE]?)")
 _SIZE_SHIFT = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
 
 
@@ -225,7 +226,7 @@ def parse_size(name: str, text: str) -> int:
     return value
 
 
-_DEVFN = re.compile(r"((?:0[xX])?[0-9a-fA-F]+)(?:\.((?:0[xX])?[0-9a-fA-F]+))?")
+_DEVFN = Pattern(r"((?:0[xX])?[0-9a-fA-F]+)(?:\.((?:0[xX])?[0-9a-fA-F]+))?")
 
 
 def parse_pci_devfn(driver: str, name: str, text: str) -> int:

@@ -7,8 +7,6 @@ asking for it is an input error that says so.
 
 from __future__ import annotations
 
-import importlib
-
 from viommu.errors import InputError
 from viommu.models.base import VIOMMU, DeviceSpec, QemuVersion
 
@@ -61,5 +59,7 @@ def create(
 
 def import_all() -> None:
     """Import every model module so that all their reason codes are registered."""
+    import importlib
+
     for name in _MODULES:
         importlib.import_module(name)
