@@ -8,16 +8,18 @@ Each subcommand lives in ``viommu.commands.<name>`` and exposes
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Sequence
 
 from viommu import __version__
+from viommu.argspec import Args, ParserSpec, parse
 from viommu.errors import EXIT_INPUT, ViommuError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
 if TYPE_CHECKING:
-    from typing import Any, NoReturn
+    from typing import NoReturn
+
+    from viommu._argparse import Parser
 
 #: Subcommand modules, in the order ``viommu --help`` lists them.
 COMMANDS: tuple[str, ...] = (
@@ -47,41 +49,7 @@ REASON_MODULES: tuple[str, ...] = (
 )
 
 
-def _terminal_width() -> int:
-    """argparse's own default, without importing shutil (which drags in bz2 and lzma)."""
-    import os
-
-    try:
-        columns = int(os.environ.get("COLUMNS", "0")) or os.get_terminal_size().columns
-    except (OSError, ValueError):
-        columns = 80
-    return max(columns - 2, 20)
-
-
-class _Formatter(argparse.HelpFormatter):
-    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                 width: int | None = None) -> None:
-        super().__init__(prog, indent_increment, max_help_position,
-                         width if width is not None else _terminal_width())
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line and exit 2.
-
-    ``add_argument`` builds a help formatter to validate metavars: ours sizes
-    itself without shutil, which keeps ``viommu check`` quick to start.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(EXIT_INPUT)
-
-
-Handler = Callable[[argparse.Namespace], int]
+Handler = Callable[[Args], int]
 
 
 def _wanted(words: Sequence[str]) -> str | None:
@@ -96,25 +64,32 @@ def _wanted(words: Sequence[str]) -> str | None:
     return None
 
 
-def build_parser(words: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; given the command line, only the invoked command's module is imported and
-    registered (startup time: ``viommu check`` must not pay for every other command)."""
+def build_spec(words: Sequence[str] | None = None) -> ParserSpec:
+    """The command line's declarations, recorded (``viommu.argspec``); given the command line,
+    only the invoked command's module is imported and registered (start-up time: ``viommu
+    check`` must not pay for every other command)."""
     only = _wanted(words) if words is not None else None
-    parser = _Parser(
-        prog="viommu",
-        description="Host IOMMU / virtual IOMMU capability framework for VFIO passthrough.",
-    )
-    parser.add_argument("--version", action="version", version=f"viommu {__version__}")
-    parser.add_argument(
+    spec = ParserSpec({
+        "prog": "viommu",
+        "description": "Host IOMMU / virtual IOMMU capability framework for VFIO passthrough.",
+    })
+    spec.add_argument("--version", action="version", version=f"viommu {__version__}")
+    spec.add_argument(
         "--explain", metavar="CODE", help="explain a reason code ('--explain list' lists them all)"
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = spec.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS if only is None else (only,):
         qualified = f"viommu.commands.{name}"
         __import__(qualified)  # importlib.import_module, without importing importlib
-        module = sys.modules[qualified]
-        module.register(sub)
-    return parser
+        sys.modules[qualified].register(sub)
+    return spec
+
+
+def build_parser(words: Sequence[str] | None = None) -> Parser:
+    """The argparse parser (for help and usage errors; ``main`` parses without it when it can)."""
+    from viommu._argparse import real_parser
+
+    return real_parser(build_spec(words))
 
 
 def import_reason_modules() -> None:
@@ -154,11 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "--" in words:
         cut = words.index("--")
         words, qemu_argv = words[:cut], words[cut + 1 :]
-    parser = build_parser(words)
-    args = parser.parse_args(words)
+    spec = build_spec(words)
+    args = parse(spec, words)
+    if args is None:  # help, a usage error or a form only argparse reads: argparse decides
+        from viommu._argparse import real_parser
+
+        parser = real_parser(spec)
+        args = parser.parse_args(words, namespace=Args())
+        if args.explain is None and args.command is None:
+            parser.error("a command is required (see 'viommu --help')")
     args.qemu_argv = qemu_argv
-    if args.explain is None and args.command is None:
-        parser.error("a command is required (see 'viommu --help')")
     try:
         if args.explain is not None:
             return explain(args.explain)

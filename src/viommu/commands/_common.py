@@ -5,7 +5,6 @@ Nothing heavy is imported at module level: ``viommu check`` must start fast.
 
 from __future__ import annotations
 
-import argparse
 import os.path
 import sys
 
@@ -13,12 +12,13 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-u
 if TYPE_CHECKING:
     from typing import Any, TextIO
 
+    from viommu.argspec import Args, ParserSpec
     from viommu.host.inventory import HostInventory
     from viommu.models.base import QemuVersion
     from viommu.vm import VMConfig
 
 
-def add_vm_argument(parser: argparse.ArgumentParser) -> None:
+def add_vm_argument(parser: ParserSpec) -> None:
     parser.add_argument(
         "vm",
         nargs="?",
@@ -28,7 +28,7 @@ def add_vm_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, json_help: str) -> None:
+def add_common_arguments(parser: ParserSpec, *, json_help: str) -> None:
     parser.add_argument(
         "--qemu-version", default="10.0", metavar="X.Y", help="QEMU release to model (default 10.0)"
     )
@@ -43,7 +43,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, json_help: str) -> 
     )
 
 
-def load_vm(args: argparse.Namespace) -> VMConfig:
+def load_vm(args: Args) -> VMConfig:
     """The VM named by the positional argument, or the QEMU argv after ``--``."""
     from viommu.errors import InputError
     from viommu.frontends import load_vm as frontend_load
@@ -90,7 +90,7 @@ def host_for_check(host: str | None, profile: str | None) -> HostInventory:
     return discover()
 
 
-def colour_enabled(args: argparse.Namespace, stream: TextIO | None = None) -> bool:
+def colour_enabled(args: Args, stream: TextIO | None = None) -> bool:
     """``--color``: always/never; auto follows NO_COLOR / FORCE_COLOR and whether it is a terminal."""
     choice = getattr(args, "color", "auto")
     if choice == "always":

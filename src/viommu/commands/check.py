@@ -8,7 +8,6 @@ Exit 0 when the VM starts, 1 when a device (or the machine) is refused, 2 on bad
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from viommu.commands._common import add_common_arguments, add_vm_argument
@@ -17,6 +16,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-u
 if TYPE_CHECKING:
     from typing import Any
 
+    from viommu.argspec import Args
     from viommu.preflight import CheckReport, DeviceReport, Finding
 
 
@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Args) -> int:
     from viommu.commands._common import colour_enabled, host_for_check, load_vm, qemu_version
     from viommu.machine import Policy
     from viommu.preflight import check_vm

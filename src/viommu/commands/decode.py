@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any
 
 from viommu.errors import InputError
 from viommu.record import replace
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
 if TYPE_CHECKING:
+    from typing import Any
+
+    from viommu.argspec import Args
     from viommu.regs.logparse import LogUnit
     from viommu.regs.unit import UnitDecode
 
@@ -92,7 +95,7 @@ def register(subparsers: Any) -> None:
         )
 
 
-def _decode_vendor(args: argparse.Namespace) -> UnitDecode:
+def _decode_vendor(args: Args) -> UnitDecode:
     from viommu.hexparse import parse_hex
 
     if args.vendor == "vtd":
@@ -180,7 +183,7 @@ def _log_unit_text(unit: LogUnit, colour: bool) -> str:
     return "\n".join([head, f"  {regs}", *_facts_text(unit.decoded.facts, "  ")])
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Args) -> int:
     from viommu import render
 
     if args.dmesg is not None and args.vendor is not None:

@@ -10,13 +10,15 @@ or the VM could not be read; nothing was sent.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import TYPE_CHECKING, Any
 
 from viommu.commands.inspect import add_host_arguments
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
 if TYPE_CHECKING:
+    from typing import Any
+
+    from viommu.argspec import Args
     from viommu.frontends.qmp_guard import GuardResult
 
 
@@ -42,7 +44,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Args) -> int:
     from viommu.errors import InputError
     from viommu.frontends.qmp_guard import HotplugRequest, guarded_hotplug, normalize_bdf
     from viommu.host.discover import discover

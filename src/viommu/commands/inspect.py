@@ -6,15 +6,17 @@ viommu inspect [--root DIR|FILE.tar|FILE.json] [--backend auto|sysfs|vfio|iommuf
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
 if TYPE_CHECKING:
+    from typing import Any
+
+    from viommu.argspec import Args, ParserSpec
     from viommu.host.inventory import HostInventory
 
 
-def add_host_arguments(parser: argparse.ArgumentParser) -> None:
+def add_host_arguments(parser: ParserSpec) -> None:
     """The options that choose a host, shared by every command that reads one."""
     parser.add_argument(
         "--root",
@@ -47,7 +49,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Args) -> int:
     from viommu.host.discover import discover
     from viommu.render import dump_json, use_colour
 

@@ -17,10 +17,13 @@ and lets the start go on.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
+if TYPE_CHECKING:
+    from viommu.argspec import Args
 
 HOST_ENV = "VIOMMU_HOOK_HOST"
 VERSION_ENV = "VIOMMU_HOOK_QEMU_VERSION"
@@ -41,7 +44,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Args) -> int:
     if args.operation != "prepare" or args.sub_operation != "begin":
         return 0
     text = sys.stdin.read()

@@ -7,13 +7,15 @@ Exit 0 when the destination exposes identical state and accepts every device, 1 
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import TYPE_CHECKING, Any
 
 from viommu.commands._common import add_common_arguments, add_vm_argument
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
 if TYPE_CHECKING:
+    from typing import Any
+
+    from viommu.argspec import Args
     from viommu.preflight import MigrateReport
 
 
@@ -35,7 +37,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Args) -> int:
     from viommu.commands._common import colour_enabled, load_host, load_vm, qemu_version
     from viommu.preflight import migrate_vm
     from viommu.render import dump_json

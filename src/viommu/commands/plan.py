@@ -9,13 +9,15 @@ to stderr. Exit 1 with the reason when no configuration fits.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import TYPE_CHECKING, Any
 
 from viommu.commands._common import add_vm_argument
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
 if TYPE_CHECKING:
+    from typing import Any
+
+    from viommu.argspec import Args
     from viommu.models.base import DeviceSpec
     from viommu.vm import VMConfig
 
@@ -40,7 +42,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Args) -> int:
     from viommu.commands._common import load_host, load_vm, qemu_version
     from viommu.preflight import plan_vm
     from viommu.render import dump_json

@@ -8,9 +8,12 @@ A combination QEMU refuses exits 2 with QEMU's reason, as QEMU would print it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
+if TYPE_CHECKING:
+    from viommu.argspec import Args
 
 
 def register(subparsers: Any) -> None:
@@ -58,7 +61,7 @@ def _human(dev: Any, colour: bool) -> str:
     return "\n".join(out)
 
 
-def _other(spec: Any, args: argparse.Namespace) -> int:
+def _other(spec: Any, args: Args) -> int:
     """virtio-iommu's config space, arm-smmuv3's ID registers: the model's guest-visible state."""
     from viommu import render
     from viommu.models.base import QemuVersion
@@ -82,7 +85,7 @@ def _other(spec: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Args) -> int:
     from viommu import render
     from viommu.models.base import DeviceSpec, QemuVersion
     from viommu.models.intel import MODEL, IntelIOMMU, Irqchip

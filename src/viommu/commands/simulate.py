@@ -8,9 +8,12 @@ refused, 2 for a bad scenario (file, line and key named).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
+if TYPE_CHECKING:
+    from viommu.argspec import Args
 
 
 def register(subparsers: Any) -> None:
@@ -76,7 +79,7 @@ def human(sim: Any, colour: bool) -> str:
     return "\n".join(out)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Args) -> int:
     from viommu import render
     from viommu.scenario import load_scenario, simulate
 

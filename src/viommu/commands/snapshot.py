@@ -6,9 +6,12 @@ viommu snapshot --capture-sysfs FILE.tar [--root DIR]
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-up time)
+if TYPE_CHECKING:
+    from viommu.argspec import Args
 
 
 def register(subparsers: Any) -> None:
@@ -29,7 +32,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Args) -> int:
     from viommu.errors import HostAccessError, InputError
 
     if args.capture_sysfs is not None:
