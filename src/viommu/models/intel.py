@@ -454,6 +454,18 @@ def registers(profile: Profile, cfg: IntelConfig) -> tuple[int, int]:
     return CAP.encode(cap), ECAP.encode(ecap)
 
 
+@cache  # every trial machine of a check builds the same vIOMMU (a refusal is not cached)
+def _configure(profile: Profile, machine: MachineType, props: tuple[tuple[str, str], ...],
+               irqchip: Irqchip, where: str | None) -> tuple[IntelConfig, Mapping[str, str | int]]:
+    """qdev's property setting, then realize: the configuration and the properties' texts."""
+    values = set_properties(MODEL, profile.schema(), profile.defaults(machine), dict(props), where=where)
+    try:
+        config = _realize(profile, values, irqchip)
+    except DeviceConfigError as exc:
+        raise DeviceConfigError(exc.code, exc.message, where=where) from None
+    return config, {name: prop_text(v) for name, v in values.items()}
+
+
 # --- the device --------------------------------------------------------------------------------
 
 
@@ -477,14 +489,10 @@ class IntelIOMMU(VIOMMU):
         check_id(spec.props, where=where)
         self.machine = resolve_machine(machine, version)
         check_sysbus_placement(MODEL, self.machine, spec.props, where=where)
-        values = set_properties(MODEL, self.profile.schema(), self.profile.defaults(self.machine),
-                                spec.props, where=where)
-        try:
-            self.config = _realize(self.profile, values, irqchip)
-        except DeviceConfigError as exc:
-            raise DeviceConfigError(exc.code, exc.message, where=where) from None
+        self.config, properties = _configure(self.profile, self.machine, tuple(spec.props.items()),
+                                             irqchip, where)
         self.irqchip = irqchip
-        self.properties = {name: prop_text(v) for name, v in values.items()}
+        self.properties = dict(properties)
         self.cap, self.ecap = registers(self.profile, self.config)
         self._devices: dict[PciAddr, HostIOMMUDevice] = {}
         self.frozen = False

@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Iterable, Mapping
+from functools import cache
 
 from viommu.errors import InputError
 from viommu.lazyre import Pattern
@@ -390,13 +391,15 @@ class MachineType:
         return self.version is not None and self.version[:2] <= (major, minor)
 
 
-def machine_versions(qemu: QemuVersion) -> list[tuple[int, int, int]]:
+@cache
+def machine_versions(qemu: QemuVersion) -> tuple[tuple[int, int, int], ...]:
     """Machine-type versions a QEMU release knows, oldest first, up to its own major.minor."""
     out = [(major, minor, 0) for major, minors in _MINORS.items() for minor in minors]
     out += list(_EXTRA)
-    return sorted(v for v in out if v[:2] <= (qemu.major, qemu.minor))
+    return tuple(sorted(v for v in out if v[:2] <= (qemu.major, qemu.minor)))
 
 
+@cache  # a machine is resolved for every vIOMMU a check builds (a refusal is not cached)
 def resolve_machine(text: str | None, qemu: QemuVersion) -> MachineType:
     """``-M TEXT`` for ``qemu`` (default q35); unknown types raise QEMU's error."""
     name = (text or "q35").split(",", 1)[0]
