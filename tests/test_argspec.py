@@ -219,3 +219,19 @@ def synthetic(draw: st.DrawFn) -> tuple[ParserSpec, list[str]]:
 def test_quick_parse_agrees_with_argparse_on_synthetic_commands(case: tuple[ParserSpec, list[str]]) -> None:
     spec, words = case
     check_agreement(spec, words)
+
+
+def test_greedy_positional_matching_is_argparse_regex_matching() -> None:
+    """Every nargs sequence of up to four positionals, over up to six words."""
+    import itertools
+    import re
+
+    from viommu.argspec import _greedy
+
+    patterns = {None: "(-*A-*)", "?": "(-*A?-*)", "*": "(-*[A-]*)", "+": "(-*A[A-]*)"}
+    for size in range(5):
+        for nargs in itertools.product(patterns, repeat=size):
+            for available in range(7):
+                m = re.match("".join(patterns[n] for n in nargs), "A" * available)
+                want = None if m is None else [len(g) for g in m.groups()]
+                assert _greedy(nargs, available) == want, (nargs, available)

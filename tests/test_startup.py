@@ -20,11 +20,12 @@ from hypothesis import strategies as st
 
 from viommu.errors import InputError
 from viommu.frontends import _toml_hint
-from viommu.frontends.qemu_argv import _is_qemu_program
+from viommu.frontends.qemu_argv import _is_qemu_program, bdf_parts, size_parts
 from viommu.frontends.words import is_env_assignment, split_words
 from viommu.host.inventory import _is_hex
 from viommu.lazyre import Pattern
 from viommu.models.base import DeviceSpec, QemuVersion
+from viommu.models.qdev import strtou64_parts
 from viommu.reasons import _kebab
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +110,56 @@ def test_hex_matches_its_regex(text: str) -> None:
 @example("A")
 def test_reason_code_check_matches_its_regex(code: str) -> None:
     assert _kebab(code) is (re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)*", code) is not None)
+
+
+#: What numbers, sizes and PCI addresses are made of, with Unicode digits and spaces.
+NUMERIC = st.text(st.sampled_from([*"0123456789abcdefABCDEFxX.:+- \t\v\nkKmMgGtTpP", "٣", "\u00a0"]),
+                  max_size=14)
+
+
+@settings(settings.get_profile("startup"))
+@given(st.one_of(TEXT, NUMERIC))
+@example("0000:01:00.0")
+@example("01:00.7")
+@example("01:00.8")
+@example("0000:01:00")
+@example("000:01:00.0")
+@example("0000:01:00.0:")
+@example("AB:cd.1")
+def test_bdf_parts_match_their_regex(text: str) -> None:
+    m = re.fullmatch(r"(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])", text)
+    assert bdf_parts(text) == (None if m is None else m.groups())
+
+
+@settings(settings.get_profile("startup"))
+@given(st.one_of(TEXT, NUMERIC))
+@example("4G")
+@example(" 0x1000 ")
+@example("0x")
+@example("0x1b")
+@example("1.5 G ")
+@example(".5M")
+@example("5.")
+@example("٣G")
+@example("4 GB")
+def test_size_parts_match_their_regex(text: str) -> None:
+    m = re.fullmatch(r"\s*(0[xX][0-9a-fA-F]+|\d+(?:\.\d*)?|\.\d+)\s*([bBkKmMgGtTpPeE]?)\s*", text)
+    assert size_parts(text) == (None if m is None else m.groups())
+
+
+@settings(settings.get_profile("startup"))
+@given(st.one_of(TEXT, NUMERIC))
+@example("39")
+@example(" \t+0x30")
+@example("-017")
+@example("08")
+@example("0x")
+@example("0")
+@example("٣")
+@example("\u00a039")
+def test_strtou64_parts_match_their_regex(text: str) -> None:
+    m = re.fullmatch(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", text)
+    assert strtou64_parts(text) == (None if m is None else m.groups())
 
 
 def _reference_split(text: str) -> list[str]:

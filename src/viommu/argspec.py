@@ -33,8 +33,9 @@ SUPPRESS = "==SUPPRESS=="
 
 _VALUE_ACTIONS = ("store", "append")
 _FLAG_ACTIONS = ("store_true", "store_false")
-#: argparse's nargs patterns (_get_nargs_pattern) for the positionals parse() handles.
-_NARGS_PATTERN = {None: "(-*A-*)", "?": "(-*A?-*)", "*": "(-*[A-]*)", "+": "(-*A[A-]*)"}
+#: How many words each positional nargs parse() handles may take (argparse's patterns
+#: ``(-*A-*)``, ``(-*A?-*)``, ``(-*[A-]*)``, ``(-*A[A-]*)``; no ``--`` reaches parse()).
+_NARGS_RANGE: dict[str | None, tuple[int, int]] = {None: (1, 1), "?": (0, 1), "*": (0, -1), "+": (1, -1)}
 
 
 class Args(SimpleNamespace):
@@ -80,7 +81,7 @@ class ArgSpec:
         self.supported = (
             set(kwargs) <= known
             and (self.action in _VALUE_ACTIONS or (self.action in _FLAG_ACTIONS and not self.positional))
-            and (self.nargs in _NARGS_PATTERN if self.positional else self.nargs is None)
+            and (self.nargs in _NARGS_RANGE if self.positional else self.nargs is None)
             and not (self.positional and self.action != "store")
         )
 
@@ -245,14 +246,11 @@ def _parse_command(parser: ParserSpec, words: Sequence[str]) -> dict[str, Any]:
         seen.append(arg)
 
     # consume_positionals: as many positionals as the greedy nargs patterns match.
-    import re
-
-    pattern = "A" * len(run)
     counts: list[int] = []
     for upto in range(len(positionals), 0, -1):
-        m = re.match("".join(_NARGS_PATTERN[a.nargs] for a in positionals[:upto]), pattern)
-        if m is not None:
-            counts = [len(g) for g in m.groups()]
+        found = _greedy([a.nargs for a in positionals[:upto]], len(run))
+        if found is not None:
+            counts = found
             break
     if sum(counts) != len(run):
         raise _Unsupported  # "unrecognized arguments"
@@ -293,6 +291,21 @@ def _parse_command(parser: ParserSpec, words: Sequence[str]) -> dict[str, Any]:
         if len(given) > 1 or (group.kwargs.get("required") and not given):
             raise _Unsupported  # "not allowed with argument", "one of the arguments ... is required"
     return values
+
+
+def _greedy(nargs: Sequence[str | None], available: int) -> list[int] | None:
+    """The word counts ``re.match`` gives the concatenated nargs patterns over ``"A" *
+    available`` (a prefix match: words may be left over), or None: each group greedy, the
+    earlier ones first, backtracking as the regular-expression engine does."""
+    if not nargs:
+        return []
+    low, high = _NARGS_RANGE[nargs[0]]
+    most = available if high < 0 else min(high, available)
+    for take in range(most, low - 1, -1):
+        rest = _greedy(nargs[1:], available - take)
+        if rest is not None:
+            return [take, *rest]
+    return None
 
 
 def parse(top: ParserSpec, words: Sequence[str]) -> Args | None:

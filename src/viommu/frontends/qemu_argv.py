@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 
 from viommu.errors import InputError
 from viommu.frontends.words import Word, is_env_assignment
-from viommu.lazyre import Pattern
 from viommu.models.base import DeviceSpec
 from viommu.record import field, record
 from viommu.vm import Unsupported, VfioDev, VMConfig
@@ -76,8 +75,58 @@ def _is_qemu_program(name: str) -> bool:
         return True
     rest = name[len("qemu-system-") :]
     return name.startswith("qemu-system-") and bool(rest) and all(c.isalnum() or c in "_.-" for c in rest)
-_BDF = Pattern(r"(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
-_SIZE = Pattern(r"\s*(0[xX][0-9a-fA-F]+|\d+(?:\.\d*)?|\.\d+)\s*([bBkKmMgGtTpPeE]?)\s*")
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_SIZE_UNITS = "bBkKmMgGtTpPeE"
+
+
+def bdf_parts(text: str) -> tuple[str | None, str, str, str] | None:
+    """``(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\\.([0-7])``, fully matched:
+    (domain or None, bus, slot, function). By hand: it runs for every device of a check."""
+    fields = text.split(":")
+    if len(fields) not in (2, 3):
+        return None
+    domain = fields[0] if len(fields) == 3 else None
+    bus, (slot, dot, function) = fields[-2], fields[-1].partition(".")
+    if domain is not None and not (len(domain) == 4 and _HEX_DIGITS.issuperset(domain)):
+        return None
+    if not (len(bus) == 2 and _HEX_DIGITS.issuperset(bus) and len(slot) == 2
+            and _HEX_DIGITS.issuperset(slot) and dot and len(function) == 1 and function in "01234567"):
+        return None
+    return domain, bus, slot, function
+
+
+def size_parts(text: str) -> tuple[str, str] | None:
+    """``\\s*(0[xX][0-9a-fA-F]+|\\d+(?:\\.\\d*)?|\\.\\d+)\\s*([bBkKmMgGtTpPeE]?)\\s*``, fully
+    matched: (number, unit). By hand: ``-m`` is read on every start-up."""
+    n = len(text)
+    i = 0
+    while i < n and text[i].isspace():
+        i += 1
+    start = i
+    if text.startswith(("0x", "0X"), i) and i + 2 < n and text[i + 2] in _HEX_DIGITS:
+        i += 3
+        while i < n and text[i] in _HEX_DIGITS:
+            i += 1
+    else:
+        j = i
+        while j < n and text[j].isdecimal():
+            j += 1
+        if j > i:
+            i = j
+            if i < n and text[i] == ".":
+                i += 1
+                while i < n and text[i].isdecimal():
+                    i += 1
+        elif text.startswith(".", i) and i + 1 < n and text[i + 1].isdecimal():
+            i += 2
+            while i < n and text[i].isdecimal():
+                i += 1
+        else:
+            return None
+    unit = text[i:].strip()
+    if len(unit) > 1 or (unit and unit not in _SIZE_UNITS):
+        return None
+    return text[start:i], unit
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50,
           "e": 1 << 60}
 _TRUE = frozenset({"on", "yes", "true", "y"})
@@ -95,10 +144,10 @@ def qemu_bool(value: str, *, what: str, where: str) -> bool:
 
 def parse_size(text: str, *, default_unit: str = "", what: str, where: str) -> int:
     """A QEMU size (``qemu_strtosz``): ``512``, ``4G``, ``1.5G``, ``0x1000``; ``default_unit`` when bare."""
-    m = _SIZE.fullmatch(text)
-    if m is None:
+    parts = size_parts(text)
+    if parts is None:
         raise InputError(f"{what} {text!r} is not a size like 4096, 512M or 4G", where=where)
-    number, unit = m.group(1), (m.group(2) or default_unit).lower()
+    number, unit = parts[0], (parts[1] or default_unit).lower()
     scale = _UNITS[unit]
     if number.lower().startswith("0x"):
         return int(number, 16) * scale
@@ -111,11 +160,11 @@ def parse_size(text: str, *, default_unit: str = "", what: str, where: str) -> i
 
 def normalise_bdf(text: str, *, where: str) -> str:
     """``01:00.0`` -> ``0000:01:00.0`` (lower case), as QEMU's ``host=`` accepts both."""
-    m = _BDF.fullmatch(text.strip())
-    if m is None:
+    parts = bdf_parts(text.strip())
+    if parts is None:
         raise InputError(f"host={text!r} is not a PCI address like 0000:01:00.0", where=where)
-    domain = m.group(1) or "0000"
-    return f"{domain}:{m.group(2)}:{m.group(3)}.{m.group(4)}".lower()
+    domain, bus, slot, function = parts
+    return f"{domain or '0000'}:{bus}:{slot}.{function}".lower()
 
 
 def opt_parts(text: str) -> list[str]:
@@ -486,7 +535,7 @@ def parse_words(words: Sequence[Word], *, path: str | None) -> VMConfig:
             host = normalise_bdf(host, where=dev.where)
         elif "sysfsdev" in props:
             base = os.path.basename(props["sysfsdev"].rstrip("/"))
-            if _BDF.fullmatch(base) is None:
+            if bdf_parts(base) is None:
                 unsupported.append(Unsupported(f"vfio-pci sysfsdev={props['sysfsdev']}: not a PCI "
                                                "function (an mdev or vfio-ap UUID?)", dev.where))
                 continue

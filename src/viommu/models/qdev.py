@@ -133,7 +133,28 @@ _FALSE = ("off", "no", "false", "n")
 _UINT_BITS = {PropKind.UINT8: 8, PropKind.UINT32: 32}
 _U64_MAX = (1 << 64) - 1
 #: strtoull with base 0: C-locale white space, a sign, then hex (0x), octal (0) or decimal.
-_STRTOU64 = Pattern(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+_C_SPACE = " \t\n\v\f\r"
+_OCTAL = frozenset("01234567")
+_DECIMAL = frozenset("0123456789")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def strtou64_parts(text: str) -> tuple[str, str] | None:
+    """``[ \\t\\n\\v\\f\\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)``, fully matched:
+    (sign, digits). By hand: every integer property of every vIOMMU goes through it."""
+    body = text.lstrip(_C_SPACE)
+    sign = body[:1] if body[:1] in ("+", "-") else ""
+    digits = body[len(sign) :]
+    if not digits:
+        return None
+    if digits[0] == "0":
+        if digits[1:2] in ("x", "X"):
+            ok = len(digits) > 2 and _HEX.issuperset(digits[2:])
+        else:
+            ok = _OCTAL.issuperset(digits[1:])
+    else:
+        ok = digits[0] in _DECIMAL and _DECIMAL.issuperset(digits[1:])
+    return (sign, digits) if ok else None
 _IDENT = Pattern(r"[A-Za-z][A-Za-z0-9._-]*")
 
 #: Properties every device inherits from TYPE_DEVICE that have no setter.
@@ -159,11 +180,11 @@ def parse_on_off_auto(name: str, text: str) -> OnOffAuto:
 
 def strtou64(text: str) -> int | None:
     """``qemu_strtou64(text, NULL, 0, ...)``: the value, or None where QEMU reports an error."""
-    m = _STRTOU64.fullmatch(text)
-    if m is None:
+    parts = strtou64_parts(text)
+    if parts is None:
         # Nothing parsed, or characters left over.
         return None
-    sign, digits = m.groups()
+    sign, digits = parts
     if digits[:2] in ("0x", "0X"):
         value = int(digits[2:], 16)
     elif digits[:1] == "0":
@@ -187,11 +208,11 @@ def parse_uint(name: str, text: str, bits: int) -> int:
 
 def parse_int32(name: str, text: str) -> int:
     """``qemu_strtoi64`` (base 0) then the int32 range check."""
-    m = _STRTOU64.fullmatch(text)
-    magnitude = strtou64(text.replace("-", "", 1)) if m is not None else None
-    if m is None or magnitude is None:
+    parts = strtou64_parts(text)
+    magnitude = strtou64(text.replace("-", "", 1)) if parts is not None else None
+    if parts is None or magnitude is None:
         raise DeviceConfigError(INVALID_PROPERTY, f"Parameter '{name}' expects integer")
-    value = -magnitude if m.group(1) == "-" else magnitude
+    value = -magnitude if parts[0] == "-" else magnitude
     if not -(1 << 63) <= value < (1 << 63):
         raise DeviceConfigError(INVALID_PROPERTY, f"Parameter '{name}' expects integer")
     if not -(1 << 31) <= value < (1 << 31):
