@@ -17,6 +17,7 @@ from viommu.models.base import DeviceSpec
 
 DATA = Path(__file__).parent / "data" / "vms"
 PVE = DATA / "proxmox"
+KATA = DATA / "kata"
 
 
 def write(tmp_path: Path, text: str, name: str = "vm.sh") -> str:
@@ -89,6 +90,39 @@ def test_proxmox_hostpci_buses_from_readconfig_are_unknown_not_guessed() -> None
     assert all(not d.behind_pci_bridge and d.backend == "legacy" for d in vm.vfio)
     unknown = sorted(u.what.split(":")[0] for u in vm.unsupported if "is not defined" in u.what)
     assert unknown == ["vfio-pci hostpci0", "vfio-pci hostpci1", "vfio-pci hostpci2", "vfio-pci hostpci3"]
+
+
+def test_kata_grace_arm_smmuv3_accel_on_an_expander_bus() -> None:
+    # runtime-rs golden fixture: no program name, one word a line, "#" comment lines.
+    path = str(KATA / "grace_1_single_gpu.args")
+    vm = load_vm(path)
+    assert vm.kind == "qemu" and vm.machine == "virt" and vm.accel == "kvm"
+    assert vm.viommu == DeviceSpec("arm-smmuv3", {
+        "primary-bus": "pcie.1", "id": "smmuv3.1", "accel": "on", "ats": "on", "ril": "off",
+        "pasid": "on", "oas": "48"})
+    assert vm.viommu_where == f"{path}:30"
+    assert [(d.host, d.id, d.iommufd, d.bus, d.backend) for d in vm.vfio] == [
+        ("0008:06:00.0", "dev0", "iommufd0", "pcie.port1", "iommufd")]  # vfio-pci-nohotplug
+    assert vm.unsupported == ()
+
+
+def test_kata_grace_second_smmu_is_reported_and_its_gpus_kept() -> None:
+    path = str(KATA / "grace_3_four_gpus_2_per_smmu.args")
+    vm = load_vm(path)
+    assert vm.viommu is not None and vm.viommu.props["primary-bus"] == "pcie.1"
+    assert [d.host for d in vm.vfio] == ["0008:06:00.0", "0009:06:00.0", "0010:06:00.0", "0011:06:00.0"]
+    assert [(u.what.split(" (")[0], u.where) for u in vm.unsupported] == [
+        ("a second arm-smmuv3", f"{path}:90")]
+
+
+def test_kata_x86_gpus_each_with_its_own_iommufd_and_no_viommu() -> None:
+    vm = load_vm(str(KATA / "q35_vanilla_8gpu_4nvswitch.args"))
+    assert vm.machine == "q35" and vm.viommu is None
+    assert len(vm.vfio) == 12
+    assert all(d.iommufd == f"iommufd{d.id}" and d.backend == "iommufd" for d in vm.vfio)
+    ports = {f"rp-numa{node}-{port}" for node, count in ((0, 8), (1, 4)) for port in range(count)}
+    assert {d.bus for d in vm.vfio} == ports  # root ports on two pxb-pcie expanders
+    assert vm.iommufd_objects == tuple(f"iommufd{d.id}" for d in vm.vfio)
 
 
 def test_proxmox_host_phys_bits_and_virtio() -> None:

@@ -247,6 +247,16 @@ def test_check_cli_snapshot_host(tmp_path: Path) -> None:
     assert "verdict: the VM starts" in out.stdout
 
 
+def test_kata_grace_command_line_names_a_property_upstream_11_0_lacks() -> None:
+    # Kata's Grace fixture sets pasid=on: the arm-smmuv3 of upstream QEMU 11.0 has ssidsize=
+    # instead (brief 4.3, smmuv3-accel.c 13b941aa), so qdev refuses the option at its line
+    # with its usual "Property '<type>.<name>' not found".
+    vm = Path(__file__).parent / "data" / "vms" / "kata" / "grace_1_single_gpu.args"
+    out = cli("check", str(vm), "--profile", "arm-nvidia-grace", "--qemu-version", "11.0")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == f"viommu check: {vm}:30: Property 'arm-smmuv3.pasid' not found\n"
+
+
 @pytest.mark.parametrize("name", ["bad.xml", "bad.cmd"])
 def test_malformed_input_one_line_exit_2(name: str) -> None:
     out = cli("check", str(DATA / name), "--profile", CLIENT_39)
