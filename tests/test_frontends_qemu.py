@@ -92,6 +92,45 @@ def test_proxmox_hostpci_buses_from_readconfig_are_unknown_not_guessed() -> None
     assert unknown == ["vfio-pci hostpci0", "vfio-pci hostpci1", "vfio-pci hostpci2", "vfio-pci hostpci3"]
 
 
+def proxmox_with_its_config(tmp_path: Path, name: str) -> str:
+    """A Proxmox command line whose -readconfig names the bundled pve-q35-4.0.cfg (on a
+    Proxmox host it is /usr/share/qemu-server/pve-q35-4.0.cfg)."""
+    text = (PVE / name).read_text().replace("/usr/share/qemu-server/pve-q35-4.0.cfg",
+                                            str(PVE / "pve-q35-4.0.cfg"))
+    return write(tmp_path, text, name)
+
+
+def test_proxmox_readconfig_defines_pci_0_behind_the_dmi_to_pci_bridge(tmp_path: Path) -> None:
+    # pve-q35-4.0.cfg: pci.0 is a pci-bridge on pcidmi, an i82801b11-bridge (DMI-to-PCI) on
+    # pcie.0; ich9-pcie-port-1..4 are root ports. Devices on pci.0 take the bridge's
+    # requester ID; those on root ports do not.
+    vm = load_vm(proxmox_with_its_config(tmp_path, "q35-linux-hostpci.conf.cmd"))
+    assert {d.id: (d.bus, d.behind_pci_bridge) for d in vm.vfio} == {
+        "hostpci0": ("pci.0", True),
+        "hostpci1": ("ich9-pcie-port-2", False),
+        "hostpci2": ("pci.0", True),
+        "hostpci3": ("ich9-pcie-port-4", False),
+        "hostpci4": ("ich9-pcie-port-5", False),
+        "hostpci7": ("ich9-pcie-port-8", False),
+    }
+    assert vm.unsupported == ()
+
+
+def test_a_viommu_from_readconfig_is_checked_but_not_rewritten(tmp_path: Path) -> None:
+    from viommu.frontends.emit import rewrite_argv
+
+    cfg = tmp_path / "iommu.cfg"
+    cfg.write_text('[machine]\n  type = "q35"\n\n[device "qemu_iommu"]\n  driver = "intel-iommu"\n'
+                   '  caching-mode = "on"\n  intremap = "on"\n')
+    vm = parse_argv(["qemu-system-x86_64", "-readconfig", str(cfg), "-m", "1G"])
+    assert vm.machine == "q35"
+    assert vm.viommu == DeviceSpec("intel-iommu",
+                                   {"id": "qemu_iommu", "caching-mode": "on", "intremap": "on"})
+    assert vm.viommu_where == f"{cfg}:7" and vm.viommu_argv == ()
+    with pytest.raises(InputError, match="defined in a -readconfig file"):
+        rewrite_argv(vm, DeviceSpec("intel-iommu", {"aw-bits": "39"}))
+
+
 def test_kata_grace_arm_smmuv3_accel_on_an_expander_bus() -> None:
     # runtime-rs golden fixture: no program name, one word a line, "#" comment lines.
     path = str(KATA / "grace_1_single_gpu.args")

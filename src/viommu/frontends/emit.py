@@ -67,6 +67,9 @@ def rewrite_argv(vm: VMConfig, viommu: DeviceSpec) -> list[str]:
         raise InputError(f"rewrite_argv needs a QEMU command line, not a {vm.kind} VM", where=vm.path)
     if viommu.driver not in VIOMMU_DRIVERS:
         raise InputError(f"{viommu.driver} is not a vIOMMU device", where="viommu")
+    if vm.viommu is not None and not vm.viommu_argv:
+        raise InputError(f"the vIOMMU is defined in a -readconfig file ({vm.viommu_where}): plan "
+                         "rewrites command lines, not config files; change it there", where=vm.path)
     argv = list(vm.argv)
     new_device = ["-device", str(viommu)]
     drop = set(vm.viommu_argv)

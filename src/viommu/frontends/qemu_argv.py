@@ -255,6 +255,54 @@ def _object_props(text: str, *, where: str) -> dict[str, str]:
     return parse_opts(text, "qom-type")
 
 
+#: The index of a device that a -readconfig file defines: it has no words in argv.
+_IN_CONFIG_FILE = -1
+
+
+_C_SPACE = " \t\n\v\f\r"  # isspace() in the C locale: what sscanf skips
+
+
+def _c_token(text: str, limit: int) -> str:
+    """``%<limit>s``: up to ``limit`` characters that are not C white space."""
+    end = 0
+    while end < len(text) and end < limit and text[end] not in _C_SPACE:
+        end += 1
+    return text[:end]
+
+
+def _config_group(line: str) -> tuple[str, str | None] | None:
+    """``sscanf(line, "[%63s \"%63[^\"]\"]")`` assigning both, else ``"[%63[^]]]"``:
+    (group, id or None); None when neither matches. ``line`` keeps its newline (fgets)."""
+    body = line[1:].lstrip(_C_SPACE)
+    name = _c_token(body, 63)
+    rest = body[len(name):].lstrip(_C_SPACE)
+    if name and rest.startswith('"'):
+        ident = rest[1:].split('"', 1)[0][:63]
+        if ident:
+            return name, ident
+    head = line[1:].split("]", 1)[0][:63]
+    return (head, None) if head else None
+
+
+def _config_assignment(line: str) -> tuple[str, str] | None:
+    """``sscanf(line, " %63s = \"%1023[^\"]\"") == 2 || sscanf(line, " %63s = \"\"") == 1``:
+    (key, value). sscanf counts assignments, not literals: once a key is read, a line that
+    does not go on with ``= "value"`` still counts, as ``key = ""``. None (QEMU's "parse
+    error") only for a line of white space."""
+    stripped = line.lstrip(_C_SPACE)
+    key = _c_token(stripped, 63)
+    if not key:
+        return None
+    rest = stripped[len(key):].lstrip(_C_SPACE)
+    if rest.startswith("="):
+        rest = rest[1:].lstrip(_C_SPACE)
+        if rest.startswith('"'):
+            value = rest[1:].split('"', 1)[0][:1023]
+            if value:
+                return key, value
+    return key, ""
+
+
 @record
 class _Dev:
     """One ``-device`` as read, before ``-set``/``-global`` are applied."""
@@ -290,6 +338,7 @@ class _Reader:
         self.globals: list[tuple[int, str, str, str, str]] = []  # index, driver, prop, value, where
         self.sets: list[tuple[int, str, str, str, str]] = []  # index, id, prop, value, where
         self.readconfig: list[str] = []
+        self.readconfig_unread: list[str] = []  # -readconfig files that could not be read here
 
     def where(self, index: int) -> str:
         if self.path is None:
@@ -384,7 +433,64 @@ class _Reader:
                 self.sets.append((i, m.group(2), m.group(3), m.group(4), where))
         elif name == "readconfig":
             self.readconfig.append(value)
-            self.note(f"-readconfig {value}: devices and buses defined in that file are not read", i)
+            self.read_config(value, i)
+
+    def read_config(self, path: str, i: int) -> None:
+        """``-readconfig FILE`` as ``qemu_config_foreach`` (util/qemu-config.c) reads it: its
+        ``[device "id"]``, ``[machine]`` and ``[memory]`` groups count as the options they
+        stand for; a file that cannot be read here is reported, not guessed."""
+        try:
+            with open(path, encoding="utf-8") as handle:
+                lines = handle.read().split("\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+            self.note(f"-readconfig {path}: {why.lower()} here; the devices and buses it defines "
+                      "are not read", i)
+            self.readconfig_unread.append(path)
+            return
+        # fgets: each line keeps its newline (the last one may have none).
+        lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+        # A group's options carry the location of its last key line, as QEMU blames it (the
+        # header line when it has no keys: QEMU then names no line at all).
+        group: tuple[str, dict[str, str], str] | None = None
+        for lno, line in enumerate(lines, start=1):
+            if line.startswith(("\n", "#")):
+                continue  # an empty line, a comment
+            if line.startswith("["):
+                header = _config_group(line)
+                if header is not None:
+                    if group is not None:
+                        self.config_group(*group)
+                    name, ident = header
+                    group = (name, {} if ident is None else {"id": ident}, f"{path}:{lno}")
+                    continue
+            key_value = _config_assignment(line)
+            if key_value is None:
+                raise InputError("parse error (a -readconfig line is [group], [group \"id\"] or "
+                                 'key = "value")', where=f"{path}:{lno}")
+            if group is None:
+                raise InputError("no group defined", where=f"{path}:{lno}")
+            group[1][key_value[0]] = key_value[1]
+            group = (group[0], group[1], f"{path}:{lno}")
+        if group is not None:
+            self.config_group(*group)
+
+    def config_group(self, name: str, props: dict[str, str], where: str) -> None:
+        """One group of a -readconfig file: the option it stands for."""
+        if name == "device":
+            driver = props.pop("driver", None)
+            if driver is None:
+                raise InputError("Parameter 'driver' is missing (a [device] group needs driver = "
+                                 '"...")', where=where)
+            spec = DeviceSpec(_DRIVER_ALIASES.get(driver, driver), props)
+            self.devices.append(_Dev(spec, _IN_CONFIG_FILE, where))
+        elif name == "machine":
+            for key, val in props.items():
+                key = key.replace("_", "-")
+                self.machine[key] = val
+                self.machine_where[key] = (_IN_CONFIG_FILE, where)
+        elif name == "memory" and "size" in props:
+            self.memory = parse_size(props["size"], default_unit="M", what="[memory] size", where=where)
 
     def global_option(self, value: str, i: int, where: str) -> None:
         if "=" in value.split(",")[0] and value.startswith("driver="):
@@ -460,7 +566,8 @@ def parse_words(words: Sequence[Word], *, path: str | None) -> VMConfig:
             unsupported.append(Unsupported(f"-machine iommu={reader.machine['iommu']}", where))
     for dev in reader.devices:
         if dev.spec.driver == AMD_PCI_COMPANION:
-            companions += [dev.index, dev.index + 1]
+            if dev.index != _IN_CONFIG_FILE:
+                companions += [dev.index, dev.index + 1]
             continue
         if dev.spec.driver not in VIOMMU_DRIVERS:
             continue
@@ -476,7 +583,8 @@ def parse_words(words: Sequence[Word], *, path: str | None) -> VMConfig:
     if viommu is not None:
         if not viommu_indices:
             _apply_globals(reader, viommu)
-            viommu_indices = [viommu.index, viommu.index + 1]
+            # A vIOMMU from a -readconfig file has no words to rewrite (plan says so).
+            viommu_indices = [] if viommu.index == _IN_CONFIG_FILE else [viommu.index, viommu.index + 1]
             for extra in viommu.extra:
                 viommu_indices += [extra, extra + 1]
             viommu_where = viommu.where
@@ -503,7 +611,7 @@ def parse_words(words: Sequence[Word], *, path: str | None) -> VMConfig:
         while bus is not None and bus != root:
             ctrl = controllers.get(bus)
             if ctrl is None:
-                origin = " (a -readconfig file may define it)" if reader.readconfig else ""
+                origin = " (a -readconfig file may define it)" if reader.readconfig_unread else ""
                 unsupported.append(Unsupported(
                     f"{label}: bus {bus!r} is not defined on the command line{origin}; whether a "
                     "PCI bridge or bypass_iommu stands in its path is unknown", where))
