@@ -164,6 +164,21 @@ def test_kata_x86_gpus_each_with_its_own_iommufd_and_no_viommu() -> None:
     assert vm.iommufd_objects == tuple(f"iommufd{d.id}" for d in vm.vfio)
 
 
+@pytest.mark.parametrize(("argv", "host_phys"), [
+    # host_cpu_max_instance_init (target/i386/host-cpu.c) turns host-phys-bits on for the
+    # host and max models when the accelerator uses the host's CPUID (KVM), not under TCG.
+    (["/usr/bin/kvm", "-cpu", "host,+kvm_pv_eoi"], True),  # Debian's kvm: -enable-kvm
+    (["qemu-system-x86_64", "-enable-kvm", "-cpu", "max"], True),
+    (["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host,phys-bits=39"], True),
+    (["qemu-system-x86_64", "-cpu", "max"], False),  # TCG
+    (["qemu-system-x86_64", "-enable-kvm", "-cpu", "host,host-phys-bits=off"], False),
+    (["qemu-system-x86_64", "-enable-kvm", "-cpu", "Skylake-Server,+x2apic"], False),
+    (["qemu-system-x86_64", "-cpu", "qemu64,host-phys-bits=on"], True),  # as written (TCG ignores it)
+])
+def test_cpu_host_and_max_under_kvm_mean_host_phys_bits(argv: list[str], host_phys: bool) -> None:
+    assert parse_argv(argv).host_phys_bits is host_phys
+
+
 def test_proxmox_host_phys_bits_and_virtio() -> None:
     vm = load_vm(str(PVE / "custom-cpu-model-host-phys-bits.conf.cmd"))
     assert vm.host_phys_bits is True and vm.phys_bits is None

@@ -140,6 +140,37 @@ def test_phys_bits_above_the_iommu_width() -> None:
     assert [w.device for w in wide.warnings if w.code == "phys-bits-exceed-iommu"] == [None]
 
 
+@pytest.mark.parametrize(("cpu", "accel", "phys", "source"), [
+    # host_cpu_adjust_phys_bits: with host-phys-bits the host CPU's width wins over
+    # phys-bits= (QEMU warns that they differ) and host-phys-bits-limit only lowers it;
+    # under TCG host_cpu_realizefn does not run, so phys-bits= (else 40) stands.
+    ("host,phys-bits=42", "kvm", None, "host CPU's width"),
+    ("host,host-phys-bits-limit=42", "kvm", 42, "at most host-phys-bits-limit=42"),
+    ("host,host-phys-bits=off,phys-bits=42", "kvm", 42, "phys-bits=42"),
+    ("qemu64,host-phys-bits=on,phys-bits=42", "tcg", 42, "phys-bits=42"),
+    ("max", "tcg", 40, "default phys-bits (40)"),
+])
+def test_guest_phys_bits_follow_qemu(cpu: str, accel: str, phys: int | None, source: str) -> None:
+    from viommu.frontends.qemu_argv import parse_argv
+
+    vm = parse_argv(["qemu-system-x86_64", "-M", "q35", "-accel", accel, "-m", "4G", "-cpu", cpu])
+    layout = GuestLayout.q35(vm)
+    assert layout.phys_bits == phys and source in layout.phys_bits_source
+    report = check_vm(vm, load_profile(CLIENT_39), version=V10)
+    assert any("phys-bits not compared" in n for n in report.notes) is (phys is None)
+
+
+def test_libvirt_host_passthrough_under_kvm_means_host_phys_bits() -> None:
+    xml = ("<domain type='{virt}'><name>v</name><memory unit='GiB'>4</memory>"
+           "<os><type arch='x86_64' machine='q35'>hvm</type></os><cpu mode='{mode}'/></domain>")
+    for virt, mode, expected in (("kvm", "host-passthrough", True), ("kvm", "maximum", True),
+                                 ("kvm", "host-model", False), ("qemu", "host-passthrough", False)):
+        from viommu.frontends.libvirt_xml import parse_libvirt
+
+        vm = parse_libvirt(xml.format(virt=virt, mode=mode), path="d.xml")
+        assert vm.host_phys_bits is expected, (virt, mode)
+
+
 def test_partially_assigned_group_is_not_viable() -> None:
     # The Renoir profile's group 6 holds 05:00.0 (amdgpu), 05:00.1 (vfio-pci), 05:00.3 (xhci_hcd).
     report = check_vm(load_vm(str(DATA / "group-partial.cmd")), load_profile("amd-ryzen-renoir-4300g"),

@@ -201,13 +201,18 @@ class GuestLayout:
             hole_start = _round_up(above_end, GiB)
         phys: int | None
         limit = getattr(vm, "host_phys_bits_limit", None)
-        if vm.phys_bits is not None:
-            phys, source = vm.phys_bits, f"phys-bits={vm.phys_bits}"
-        elif vm.host_phys_bits:
-            if isinstance(limit, int):
-                phys, source = limit, f"host-phys-bits, limited to {limit}"
+        host_phys = vm.host_phys_bits and vm.accel == "kvm"  # host_cpu_realizefn: KVM (and HVF)
+        if host_phys:
+            # host_cpu_adjust_phys_bits: the host's width wins over phys-bits=, and the limit
+            # only lowers it.
+            if isinstance(limit, int) and limit:
+                phys, source = limit, f"host-phys-bits, at most host-phys-bits-limit={limit}"
             else:
-                phys, source = None, "host-phys-bits (the host CPU's width, not in the inventory)"
+                phys, source = None, ("host-phys-bits (on by default for -cpu host and max under KVM): "
+                                      "the guest takes the host CPU's width, which the inventory "
+                                      "does not hold")
+        elif vm.phys_bits is not None:
+            phys, source = vm.phys_bits, f"phys-bits={vm.phys_bits}"
         else:
             phys, source = DEFAULT_PHYS_BITS, f"QEMU's default phys-bits ({DEFAULT_PHYS_BITS})"
         return cls(ram, below, above, hole_start, Q35_HOLE64_SIZE_DEFAULT, phys, source, tuple(notes))
@@ -510,7 +515,10 @@ def _layout(vm: VMConfig) -> tuple[GuestLayout | None, list[str]]:
         family = None
     if family != "q35":
         return None, [f"guest memory map not modelled for machine {vm.machine or 'default'!r} (q35 only)"]
-    return GuestLayout.q35(vm), []
+    layout = GuestLayout.q35(vm)
+    if layout.phys_bits is None:
+        return layout, [f"guest phys-bits not compared with the IOMMU widths: {layout.phys_bits_source}"]
+    return layout, []
 
 
 #: Machine-type names are resolved against the newest profile only to learn the family.

@@ -290,7 +290,12 @@ def parse_libvirt(text: str, *, path: str) -> VMConfig:
         max_memory = _scaled(mm, doc, "maxMemory")
 
     phys_bits = limit = None
-    host_phys = False
+    # host-passthrough and maximum become -cpu host and -cpu max, which turn host-phys-bits
+    # on under KVM (host_cpu_max_instance_init); <maxphysaddr mode='emulate'> only adds
+    # phys-bits=, which QEMU then overrides with the host's width.
+    cpu = root.find("cpu")
+    cpu_mode = cpu.get("mode") if cpu is not None else None
+    host_phys = accel == "kvm" and cpu_mode in ("host-passthrough", "maximum")
     maxphys = root.find("cpu/maxphysaddr")
     if maxphys is not None:
         where = doc.where(maxphys)

@@ -666,6 +666,10 @@ def parse_words(words: Sequence[Word], *, path: str | None) -> VMConfig:
         phys_bits = _int(reader.cpu["phys-bits"], "phys-bits", reader.cpu_where)
     if "host-phys-bits" in reader.cpu:
         host_phys = qemu_bool(reader.cpu["host-phys-bits"], what="host-phys-bits", where=reader.cpu_where)
+    elif reader.cpu.get("model") in ("host", "max") and accel == "kvm":
+        # host_cpu_max_instance_init (target/i386/host-cpu.c): "Use max host physical address
+        # bits if -cpu max option is applied", for host and max under KVM.
+        host_phys = True
     if "host-phys-bits-limit" in reader.cpu:
         host_limit = _int(reader.cpu["host-phys-bits-limit"], "host-phys-bits-limit", reader.cpu_where)
 
