@@ -160,6 +160,29 @@ def test_guest_phys_bits_follow_qemu(cpu: str, accel: str, phys: int | None, sou
     assert any("phys-bits not compared" in n for n in report.notes) is (phys is None)
 
 
+@pytest.mark.parametrize(("cpu", "guest_bits"), [
+    ("host", 46),  # host-phys-bits: the host CPU's 46 bits, over the 39-bit host unit
+    ("host,phys-bits=39", 46),  # phys-bits= loses to host-phys-bits
+    ("host,host-phys-bits-limit=39", None),  # lowered to 39: fits
+    ("host,host-phys-bits=off", 40),  # QEMU's default again
+])
+def test_host_phys_bits_take_the_host_cpu_width_from_the_inventory(cpu: str, guest_bits: int | None) -> None:
+    from viommu.frontends.qemu_argv import parse_argv
+    from viommu.host.inventory import Machine
+    from viommu.record import replace
+
+    profile = load_profile(CLIENT_39)
+    host = replace(profile, machine=replace(profile.machine, cpu_phys_bits=46))
+    vm = parse_argv(["qemu-system-x86_64", "-M", "q35", "-enable-kvm", "-m", "4G", "-cpu", cpu,
+                     "-device", "intel-iommu,aw-bits=39,caching-mode=on",
+                     "-device", "vfio-pci,host=0000:02:00.0,id=hostdev0"])
+    assert isinstance(host.machine, Machine)
+    report = check_vm(vm, host, version=V10)
+    found = {w.values["guest_phys_bits"] for w in report.warnings if w.code == "phys-bits-exceed-iommu"}
+    assert found == ({guest_bits} if guest_bits is not None else set())
+    assert not any("phys-bits not compared" in n for n in report.notes)
+
+
 def test_libvirt_host_passthrough_under_kvm_means_host_phys_bits() -> None:
     xml = ("<domain type='{virt}'><name>v</name><memory unit='GiB'>4</memory>"
            "<os><type arch='x86_64' machine='q35'>hvm</type></os><cpu mode='{mode}'/></domain>")

@@ -59,6 +59,8 @@ def _mutate(text: str, change: str) -> str:
         del data["devices"][0]["caps"]["iova_ranges"]
     elif change == "bool-for-number":
         data["groups"][0]["number"] = True
+    elif change == "text-cpu-phys-bits":
+        data["machine"]["cpu_phys_bits"] = "46"
     return json.dumps(data)
 
 
@@ -73,6 +75,7 @@ def _mutate(text: str, change: str) -> str:
         ("bad-region-type", "groups[1].reserved_regions[0].type: unknown value 'sw-msi-ish'"),
         ("missing-caps-key", "devices[0].caps"),
         ("bool-for-number", "groups[0].number: unexpected bool"),
+        ("text-cpu-phys-bits", "machine.cpu_phys_bits: unexpected str"),
     ],
 )
 def test_bad_snapshots_are_one_line_exit_2(
@@ -86,6 +89,18 @@ def test_bad_snapshots_are_one_line_exit_2(
     assert main(["inspect", "--root", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(path) in err and expected in err
+
+
+def test_snapshot_from_before_cpu_phys_bits_still_reads(tmp_path: Path) -> None:
+    data = json.loads(_snapshot_text(tmp_path))
+    assert "cpu_phys_bits" in data["machine"]
+    data["machine"]["cpu_phys_bits"] = 46
+    path = tmp_path / "with.json"
+    path.write_text(json.dumps(data))
+    assert snapshot.load(path).machine.cpu_phys_bits == 46
+    del data["machine"]["cpu_phys_bits"]
+    path.write_text(json.dumps(data))
+    assert snapshot.load(path).machine.cpu_phys_bits is None
 
 
 def test_malformed_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

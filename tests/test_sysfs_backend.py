@@ -77,6 +77,19 @@ def test_q35_lab_tree(tmp_path: Path) -> None:
     assert inv.machine.cpu == "Fixture CPU @ 1.00GHz"
 
 
+@pytest.mark.parametrize(("cpuinfo", "bits"), [
+    # arch/x86/kernel/cpu/proc.c: "address sizes\t: %u bits physical, %u bits virtual"
+    ("processor\t: 0\nmodel name\t: X\naddress sizes\t: 39 bits physical, 48 bits virtual\n"
+     "processor\t: 1\naddress sizes\t: 39 bits physical, 48 bits virtual\n", 39),
+    ("processor\t: 0\naddress sizes\t: 52 bits physical, 57 bits virtual\n", 52),
+    ("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n", None),  # arm64 has none
+])
+def test_cpu_physical_address_width_from_cpuinfo(tmp_path: Path, cpuinfo: str, bits: int | None) -> None:
+    q35_lab(tmp_path)
+    (tmp_path / "proc" / "cpuinfo").write_text(cpuinfo)
+    assert discover("sysfs", root=tmp_path).machine.cpu_phys_bits == bits
+
+
 def test_server_48_bit(tmp_path: Path) -> None:
     q35_lab(tmp_path, cap="d2078c106f0466\n", ecap="f020df\n")
     dev = discover("sysfs", root=tmp_path).device("0000:00:03.0")

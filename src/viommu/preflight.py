@@ -180,8 +180,9 @@ class GuestLayout:
     notes: tuple[str, ...] = ()
 
     @classmethod
-    def q35(cls, vm: VMConfig) -> GuestLayout:
-        """The layout QEMU builds for ``vm`` (``pc_q35_init`` and ``pc_memory_init``)."""
+    def q35(cls, vm: VMConfig, *, host_cpu_phys_bits: int | None = None) -> GuestLayout:
+        """The layout QEMU builds for ``vm`` (``pc_q35_init`` and ``pc_memory_init``);
+        ``host_cpu_phys_bits`` is what a guest with host-phys-bits gets (None: unknown)."""
         notes: list[str] = []
         ram = vm.memory
         if ram is None:
@@ -205,7 +206,13 @@ class GuestLayout:
         if host_phys:
             # host_cpu_adjust_phys_bits: the host's width wins over phys-bits=, and the limit
             # only lowers it.
-            if isinstance(limit, int) and limit:
+            host_bits = host_cpu_phys_bits
+            if host_bits is not None:
+                phys = min(host_bits, limit) if isinstance(limit, int) and limit else host_bits
+                source = f"host-phys-bits: the host CPU's {host_bits} bits"
+                if phys != host_bits:
+                    source += f", lowered by host-phys-bits-limit={limit}"
+            elif isinstance(limit, int) and limit:
                 phys, source = limit, f"host-phys-bits, at most host-phys-bits-limit={limit}"
             else:
                 phys, source = None, ("host-phys-bits (on by default for -cpu host and max under KVM): "
@@ -472,7 +479,7 @@ def check_vm(
             devices.append(DeviceReport(dev.label, dev.host, dev.backend, decision, hot, comparison, fix))
         if machine.plan is not None:
             notes.extend(f"plan: {c.name}={c.value} ({c.reason})" for c in machine.plan.choices)
-    layout, layout_notes = _layout(vm)
+    layout, layout_notes = _layout(vm, host)
     notes.extend(layout_notes)
     warnings = _warnings(vm, host, present, layout, version=version)
     return CheckReport(
@@ -506,7 +513,7 @@ def _fix(vm: VMConfig, spec: DeviceSpec, dev: VfioDev, host: HostInventory, vers
     return "set " + ",".join(changes)
 
 
-def _layout(vm: VMConfig) -> tuple[GuestLayout | None, list[str]]:
+def _layout(vm: VMConfig, host: HostInventory) -> tuple[GuestLayout | None, list[str]]:
     from viommu.models.qdev import resolve_machine
 
     try:
@@ -515,7 +522,7 @@ def _layout(vm: VMConfig) -> tuple[GuestLayout | None, list[str]]:
         family = None
     if family != "q35":
         return None, [f"guest memory map not modelled for machine {vm.machine or 'default'!r} (q35 only)"]
-    layout = GuestLayout.q35(vm)
+    layout = GuestLayout.q35(vm, host_cpu_phys_bits=host.machine.cpu_phys_bits)
     if layout.phys_bits is None:
         return layout, [f"guest phys-bits not compared with the IOMMU widths: {layout.phys_bits_source}"]
     return layout, []

@@ -133,6 +133,7 @@ def render(inventory: HostInventory, *, colour: bool = False) -> str:
             ("host", m.hostname),
             ("product", m.product),
             ("cpu", m.cpu),
+            ("cpu physical address bits", m.cpu_phys_bits),
             ("kernel", m.kernel),
             ("captured", m.captured_at),
         )

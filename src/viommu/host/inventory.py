@@ -39,6 +39,9 @@ class Machine:
     kernel: str | None = None
     #: ISO 8601 UTC time of the capture; set when a snapshot is written.
     captured_at: str | None = None
+    #: The CPU's physical address width (x86 ``/proc/cpuinfo`` "address sizes"): what a guest
+    #: with host-phys-bits gets. None: not known (profiles built from kernel logs lack it).
+    cpu_phys_bits: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +50,7 @@ class Machine:
             "cpu": self.cpu,
             "kernel": self.kernel,
             "captured_at": self.captured_at,
+            "cpu_phys_bits": self.cpu_phys_bits,
         }
 
 
@@ -238,7 +242,10 @@ class HostInventory:
                 for i, p in enumerate(reader.get(disc, "skipped", "discovery", list))
             ),
             machine=Machine(
-                **{k: reader.get(machine, k, "machine", (str, type(None))) for k in _MACHINE_KEYS}
+                **{k: reader.get(machine, k, "machine", (str, type(None))) for k in _MACHINE_KEYS},
+                # Added after the schema's first release: a snapshot without it is still read.
+                cpu_phys_bits=(reader.optional_int(machine, "cpu_phys_bits", "machine")
+                               if "cpu_phys_bits" in machine else None),
             ),
             scalable_mode=ScalableMode(
                 enabled=reader.get(sm, "enabled", "discovery.scalable_mode", bool),

@@ -155,20 +155,28 @@ def machine(tree: Tree, release: str | None) -> Machine:
         return text.strip() or None if text is not None else None
 
     cpu = None
+    phys_bits = None
     try:
         cpuinfo = tree.optional_text("proc/cpuinfo")
     except (InputError, HostAccessError):
         cpuinfo = None
     for line in (cpuinfo or "").splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("model name", "Model", "cpu model"):
+        key = key.strip()
+        if key in ("model name", "Model", "cpu model") and cpu is None:
             cpu = value.strip()
+        elif key == "address sizes" and phys_bits is None:
+            # x86: "39 bits physical, 48 bits virtual" (arch/x86/kernel/cpu/proc.c)
+            first = value.strip().split(" bits physical")[0]
+            phys_bits = int(first) if first.isdecimal() and first.isascii() else None
+        if cpu is not None and phys_bits is not None:
             break
     return Machine(
         hostname=first_line("proc/sys/kernel/hostname"),
         product=first_line("sys/class/dmi/id/product_name"),
         cpu=cpu,
         kernel=release,
+        cpu_phys_bits=phys_bits,
     )
 
 
