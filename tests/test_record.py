@@ -218,3 +218,11 @@ def test_pickle_round_trip_of_a_frozen_record() -> None:
 def test_defaults_and_factory_together_are_refused() -> None:
     with pytest.raises(ValueError):
         rec.field(default=1, default_factory=int)
+
+
+def test_signature_matches_dataclasses() -> None:
+    import inspect
+
+    for frozen in (False, True):
+        dc, rc = pair(frozen)
+        assert str(inspect.signature(rc)) == str(inspect.signature(dc))

@@ -168,6 +168,39 @@ def _frozen_delattr(self: Any, name: str) -> None:
     raise FrozenInstanceError(f"cannot delete field {name!r}")
 
 
+class _Signature:
+    """``inspect.signature(RecordClass)`` as for a dataclass: built on first use (``inspect``
+    is imported then), from the class's fields."""
+
+    def __get__(self, instance: object, owner: type) -> Any:
+        import inspect
+
+        annotations: dict[str, Any] = {}
+        for base in reversed(owner.__mro__):
+            annotations.update(inspect.get_annotations(base))
+        params = []
+        for f in owner.__record_fields__.values():  # type: ignore[attr-defined]
+            default: Any = inspect.Parameter.empty
+            if f.default is not MISSING:
+                default = f.default
+            elif f.default_factory is not MISSING:
+                default = _FactoryDefault()
+            annotation = annotations.get(f.name, inspect.Parameter.empty)
+            params.append(inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                            default=default, annotation=annotation))
+        return inspect.Signature(params, return_annotation=None)
+
+
+class _FactoryDefault:
+    """Shown where a field's default comes from a factory (dataclasses shows ``<factory>``)."""
+
+    def __repr__(self) -> str:
+        return "<factory>"
+
+
+_SIGNATURE = _Signature()
+
+
 def _build(cls: type, frozen: bool, order: bool) -> type:
     own = cls.__dict__
     table: dict[str, Field] = {}
@@ -207,6 +240,7 @@ def _build(cls: type, frozen: bool, order: bool) -> type:
         "__record_repr__": tuple(n for n, f in table.items() if f.repr),
         "__record_post_init__": getattr(cls, "__post_init__", None),
         "__match_args__": tuple(table),
+        "__signature__": _SIGNATURE,
     }
     for name, method in (("__init__", _init), ("__repr__", _repr), ("__eq__", _eq)):
         if name not in own:
