@@ -116,6 +116,17 @@ def test_proxmox_readconfig_defines_pci_0_behind_the_dmi_to_pci_bridge(tmp_path:
     assert vm.unsupported == ()
 
 
+@pytest.mark.parametrize(("target", "why"), [
+    ("/dev/zero", "not a regular file"), ("missing.cfg", "no such file or directory"),
+])
+def test_unreadable_readconfig_is_reported_not_read(tmp_path: Path, target: str, why: str) -> None:
+    path = target if target.startswith("/") else str(tmp_path / target)
+    vm = parse_argv(["qemu-system-x86_64", "-readconfig", path, "-device", "vfio-pci,host=01:00.0,bus=rp9"])
+    first, second = (u.what for u in vm.unsupported)
+    assert first == f"-readconfig {path}: {why} here; the devices and buses it defines are not read"
+    assert "bus 'rp9' is not defined on the command line (a -readconfig file may define it)" in second
+
+
 def test_a_viommu_from_readconfig_is_checked_but_not_rewritten(tmp_path: Path) -> None:
     from viommu.frontends.emit import rewrite_argv
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 
 from viommu.errors import InputError
@@ -257,6 +258,8 @@ def _object_props(text: str, *, where: str) -> dict[str, str]:
 
 #: The index of a device that a -readconfig file defines: it has no words in argv.
 _IN_CONFIG_FILE = -1
+#: A -readconfig file larger than this is not read (Proxmox's is under 3 KiB).
+_CONFIG_MAX = 1 << 20
 
 
 _C_SPACE = " \t\n\v\f\r"  # isspace() in the C locale: what sscanf skips
@@ -440,12 +443,19 @@ class _Reader:
         ``[device "id"]``, ``[machine]`` and ``[memory]`` groups count as the options they
         stand for; a file that cannot be read here is reported, not guessed."""
         try:
-            with open(path, encoding="utf-8") as handle:
-                lines = handle.read().split("\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-            self.note(f"-readconfig {path}: {why.lower()} here; the devices and buses it defines "
-                      "are not read", i)
+            with open(path, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                    raise InputError("not a regular file", where=path)  # a FIFO or /dev/zero
+                data = handle.read(_CONFIG_MAX + 1)
+            if len(data) > _CONFIG_MAX:
+                raise InputError(f"larger than {_CONFIG_MAX >> 10} KiB", where=path)
+            lines = data.decode("utf-8").split("\n")
+        except (OSError, UnicodeDecodeError, InputError) as exc:
+            if isinstance(exc, InputError):
+                why = exc.message
+            else:
+                why = exc.strerror.lower() if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+            self.note(f"-readconfig {path}: {why} here; the devices and buses it defines are not read", i)
             self.readconfig_unread.append(path)
             return
         # fgets: each line keeps its newline (the last one may have none).
