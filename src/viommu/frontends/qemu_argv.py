@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 from viommu.errors import InputError
 from viommu.frontends.words import Word, is_env_assignment
-from viommu.models.base import DeviceSpec
+from viommu.models.base import DeviceSpec, opt_parts
 from viommu.record import field, record
 from viommu.vm import Unsupported, VfioDev, VMConfig
 
@@ -166,26 +166,6 @@ def normalise_bdf(text: str, *, where: str) -> str:
         raise InputError(f"host={text!r} is not a PCI address like 0000:01:00.0", where=where)
     domain, bus, slot, function = parts
     return f"{domain or '0000'}:{bus}:{slot}.{function}".lower()
-
-
-def opt_parts(text: str) -> list[str]:
-    """Split a QemuOpts string at commas, ``,,`` being a literal comma."""
-    parts: list[str] = []
-    current: list[str] = []
-    i = 0
-    while i < len(text):
-        if text[i] == ",":
-            if text[i + 1 : i + 2] == ",":
-                current.append(",")
-                i += 2
-                continue
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(text[i])
-        i += 1
-    parts.append("".join(current))
-    return parts
 
 
 def parse_opts(text: str, implied: str) -> dict[str, str]:

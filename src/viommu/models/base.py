@@ -78,6 +78,28 @@ class PciAddr:
         return f"{self.bus:02x}:{self.slot:02x}.{self.function}"
 
 
+def opt_parts(text: str) -> list[str]:
+    """Split a QemuOpts string at commas, ``,,`` being a literal comma."""
+    parts: list[str] = []
+    current: list[str] = []
+    i = 0
+    while True:
+        comma = text.find(",", i)
+        if comma < 0:
+            current.append(text[i:])
+            break
+        current.append(text[i:comma])
+        if text.startswith(",", comma + 1):  # ",," is a literal comma
+            current.append(",")
+            i = comma + 2
+        else:
+            parts.append("".join(current))
+            current = []
+            i = comma + 1
+    parts.append("".join(current))
+    return parts
+
+
 @record(frozen=True)
 class DeviceSpec:
     """A parsed ``-device DRIVER,key=value,...`` string."""
@@ -88,23 +110,7 @@ class DeviceSpec:
     @classmethod
     def parse(cls, text: str, *, where: str | None = None) -> DeviceSpec:
         """Split a QEMU option string; ``,,`` escapes a comma as in QEMU's option parser."""
-        parts: list[str] = []
-        current: list[str] = []
-        i = 0
-        while True:
-            comma = text.find(",", i)
-            if comma < 0:
-                current.append(text[i:])
-                break
-            current.append(text[i:comma])
-            if text.startswith(",", comma + 1):  # ",," is a literal comma
-                current.append(",")
-                i = comma + 2
-            else:
-                parts.append("".join(current))
-                current = []
-                i = comma + 1
-        parts.append("".join(current))
+        parts = opt_parts(text)
         driver = parts[0].strip()
         if driver.startswith("driver="):
             driver = driver[len("driver=") :]
