@@ -19,8 +19,6 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (start-u
 if TYPE_CHECKING:
     from typing import NoReturn
 
-    from viommu._argparse import Parser
-
 #: Subcommand modules, in the order ``viommu --help`` lists them.
 COMMANDS: tuple[str, ...] = (
     "decode",
@@ -83,13 +81,6 @@ def build_spec(words: Sequence[str] | None = None) -> ParserSpec:
         __import__(qualified)  # importlib.import_module, without importing importlib
         sys.modules[qualified].register(sub)
     return spec
-
-
-def build_parser(words: Sequence[str] | None = None) -> Parser:
-    """The argparse parser (for help and usage errors; ``main`` parses without it when it can)."""
-    from viommu._argparse import real_parser
-
-    return real_parser(build_spec(words))
 
 
 def import_reason_modules() -> None:

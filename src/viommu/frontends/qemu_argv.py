@@ -245,6 +245,23 @@ _CONFIG_MAX = 1 << 20
 _C_SPACE = " \t\n\v\f\r"  # isspace() in the C locale: what sscanf skips
 
 
+def _read_config_text(path: str) -> tuple[str | None, str]:
+    """(the text of a -readconfig file, "") or (None, why it is not read)."""
+    try:
+        with open(path, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return None, "not a regular file"  # a FIFO or /dev/zero
+            data = handle.read(_CONFIG_MAX + 1)
+    except OSError as exc:
+        return None, (exc.strerror or str(exc)).lower()
+    if len(data) > _CONFIG_MAX:
+        return None, f"larger than {_CONFIG_MAX >> 10} KiB"
+    try:
+        return data.decode("utf-8"), ""
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+
+
 def _c_token(text: str, limit: int) -> str:
     """``%<limit>s``: up to ``limit`` characters that are not C white space."""
     end = 0
@@ -320,7 +337,6 @@ class _Reader:
         self.iommufd: list[str] = []
         self.globals: list[tuple[int, str, str, str, str]] = []  # index, driver, prop, value, where
         self.sets: list[tuple[int, str, str, str, str]] = []  # index, id, prop, value, where
-        self.readconfig: list[str] = []
         self.readconfig_unread: list[str] = []  # -readconfig files that could not be read here
 
     def where(self, index: int) -> str:
@@ -415,29 +431,18 @@ class _Reader:
             if m.group(1) == "device":
                 self.sets.append((i, m.group(2), m.group(3), m.group(4), where))
         elif name == "readconfig":
-            self.readconfig.append(value)
             self.read_config(value, i)
 
     def read_config(self, path: str, i: int) -> None:
         """``-readconfig FILE`` as ``qemu_config_foreach`` (util/qemu-config.c) reads it: its
         ``[device "id"]``, ``[machine]`` and ``[memory]`` groups count as the options they
         stand for; a file that cannot be read here is reported, not guessed."""
-        try:
-            with open(path, "rb") as handle:
-                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                    raise InputError("not a regular file", where=path)  # a FIFO or /dev/zero
-                data = handle.read(_CONFIG_MAX + 1)
-            if len(data) > _CONFIG_MAX:
-                raise InputError(f"larger than {_CONFIG_MAX >> 10} KiB", where=path)
-            lines = data.decode("utf-8").split("\n")
-        except (OSError, UnicodeDecodeError, InputError) as exc:
-            if isinstance(exc, InputError):
-                why = exc.message
-            else:
-                why = exc.strerror.lower() if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        text, why = _read_config_text(path)
+        if text is None:
             self.note(f"-readconfig {path}: {why} here; the devices and buses it defines are not read", i)
             self.readconfig_unread.append(path)
             return
+        lines = text.split("\n")
         # fgets: each line keeps its newline (the last one may have none).
         lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
         # A group's options carry the location of its last key line, as QEMU blames it (the
