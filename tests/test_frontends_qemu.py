@@ -127,6 +127,19 @@ def test_unreadable_readconfig_is_reported_not_read(tmp_path: Path, target: str,
     assert "bus 'rp9' is not defined on the command line (a -readconfig file may define it)" in second
 
 
+def test_readconfig_memory_group_reads_like_dash_m(tmp_path: Path) -> None:
+    cfg = tmp_path / "mem.cfg"
+    cfg.write_text('[memory]\n  size = "4096"\n  maxmem = "8G"\n')
+    via_file = parse_argv(["qemu-system-x86_64", "-readconfig", str(cfg)])
+    via_argv = parse_argv(["qemu-system-x86_64", "-m", "4096,maxmem=8G"])
+    both = {(vm.memory, vm.max_memory) for vm in (via_file, via_argv)}
+    assert both == {(4 << 30, 8 << 30)}
+    cfg.write_text('[memory]\n  size = "4Q"\n')
+    with pytest.raises(InputError, match="not a size") as exc:
+        parse_argv(["qemu-system-x86_64", "-readconfig", str(cfg)])
+    assert exc.value.where == f"{cfg}:2"
+
+
 def test_a_viommu_from_readconfig_is_checked_but_not_rewritten(tmp_path: Path) -> None:
     from viommu.frontends.emit import rewrite_argv
 

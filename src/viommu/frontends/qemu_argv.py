@@ -393,12 +393,7 @@ class _Reader:
         where = self.where(i + 1)
         if name in ("M", "machine"):
             self.machine_indices.append(i + 1)
-            for key, val in parse_opts(value, "type").items():
-                # Machine properties are dashed; QEMU still takes the underscore spellings
-                # libvirt and older docs write (kernel_irqchip, default_bus_bypass_iommu).
-                key = key.replace("_", "-")
-                self.machine[key] = val
-                self.machine_where[key] = (i + 1, where)
+            self.machine_opts(parse_opts(value, "type"), i + 1, where)
         elif name == "accel":
             opts = parse_opts(value, "accel")
             self.accel = opts.get("accel", self.accel)
@@ -409,11 +404,7 @@ class _Reader:
             self.cpu = parse_opts(value, "model")
             self.cpu_where = where
         elif name == "m":
-            opts = parse_opts(value, "size")
-            if "size" in opts:
-                self.memory = parse_size(opts["size"], default_unit="M", what="-m", where=where)
-            if "maxmem" in opts:
-                self.max_memory = parse_size(opts["maxmem"], what="-m maxmem", where=where)
+            self.memory_opts(parse_opts(value, "size"), "-m", where)
         elif name == "device":
             self.devices.append(_Dev(parse_device(value, where=where), i, where))
         elif name == "object":
@@ -480,12 +471,25 @@ class _Reader:
             spec = DeviceSpec(_DRIVER_ALIASES.get(driver, driver), props)
             self.devices.append(_Dev(spec, _IN_CONFIG_FILE, where))
         elif name == "machine":
-            for key, val in props.items():
-                key = key.replace("_", "-")
-                self.machine[key] = val
-                self.machine_where[key] = (_IN_CONFIG_FILE, where)
-        elif name == "memory" and "size" in props:
-            self.memory = parse_size(props["size"], default_unit="M", what="[memory] size", where=where)
+            self.machine_opts(props, _IN_CONFIG_FILE, where)
+        elif name == "memory":
+            self.memory_opts(props, "[memory]", where)
+
+    def machine_opts(self, opts: Mapping[str, str], index: int, where: str) -> None:
+        """``-machine`` (or a ``[machine]`` group); ``index`` is the value's word in argv."""
+        for key, val in opts.items():
+            # Machine properties are dashed; QEMU still takes the underscore spellings
+            # libvirt and older docs write (kernel_irqchip, default_bus_bypass_iommu).
+            key = key.replace("_", "-")
+            self.machine[key] = val
+            self.machine_where[key] = (index, where)
+
+    def memory_opts(self, opts: Mapping[str, str], what: str, where: str) -> None:
+        """``-m`` (or a ``[memory]`` group): size in MiB when bare, maxmem in bytes."""
+        if "size" in opts:
+            self.memory = parse_size(opts["size"], default_unit="M", what=what, where=where)
+        if "maxmem" in opts:
+            self.max_memory = parse_size(opts["maxmem"], what=f"{what} maxmem", where=where)
 
     def global_option(self, value: str, i: int, where: str) -> None:
         if "=" in value.split(",")[0] and value.startswith("driver="):
